@@ -1,0 +1,1 @@
+"""Experiment configurations: one `get_config()` file per model family / dataset."""

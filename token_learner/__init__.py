@@ -1,0 +1,9 @@
+"""TokenLearner (Ryoo et al.) in Flax: the modules of §2 and the ViT / ViViT models built on them.
+
+    from token_learner import TokenLearner, TokenLearnerV11, TokenFuser
+"""
+from token_learner.model_config import ModelConfig
+from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11
+from token_learner.models import build_model
+
+__all__ = ['TokenLearner', 'TokenLearnerV11', 'TokenFuser', 'ModelConfig', 'build_model']
