@@ -14,8 +14,10 @@ _SIZES = {
     'B': (768, 12, 12, 3072),
     'L': (1024, 24, 16, 4096),
     'H': (1280, 32, 16, 5120),
+    'Mu': (64, 4, 4, 128),  # Not in the paper: a micro model for small offline data and tests.
 }
-VARIANTS = ('Ti/16', 'S/32', 'S/16', 'B/32', 'B/16', 'L/16', 'L/14', 'L/10', 'L/8', 'H/14')
+VARIANTS = ('Ti/16', 'S/32', 'S/16', 'B/32', 'B/16', 'L/16', 'L/14', 'L/10', 'L/8', 'H/14',
+            'Ti/4', 'Mu/4', 'Mu/2')
 MODELS = ('vit', 'vivit')
 VERSIONS = ('v1', 'v1.1')
 CLASSIFIERS = ('gap', 'token')

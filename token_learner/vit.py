@@ -1,0 +1,181 @@
+"""ViT (§3.1, Fig. 3) with TokenLearner / TokenFuser as options of one encoder.
+
+Parameter names follow the public ViT checkpoints (`embedding`, `cls`,
+`Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_{i}/...`,
+`Transformer/encoder_norm`, `pre_logits`, `head`), so those checkpoints map onto these models.
+TokenLearner and fuser parameters live in `Transformer/tokenlearner_{i}` / `Transformer/fuser_{i}`,
+i the encoder layer they precede.
+
+Placement (`config.model.tokenlearner`):
+- fuser=False, Fig. 3(a): layers [0, loc) see the patch grid, one TokenLearner runs before layer
+  `loc`, every later layer sees S (x T) tokens.
+- fuser=True, Fig. 3(b): layers [loc, num_layers) are TokenLearner -> block -> TokenFuser (or an
+  alternative of §3.5.3) with the block's input grid as residual, so the grid is kept throughout.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from token_learner import ablations
+from token_learner.model_config import ModelConfig
+from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11
+
+Dtype = Any
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> Dropout -> Dense -> Dropout, `[..., C] -> [..., C]`."""
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name,
+                                     kernel_init=nn.initializers.xavier_uniform(),
+                                     bias_init=nn.initializers.normal(stddev=1e-6))
+    y = nn.gelu(dense(self.mlp_dim, 'Dense_0')(x))
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = dense(x.shape[-1], 'Dense_1')(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block on `[B, N, C]`: x + MHSA(LN(x)); x + MLP(LN(x)).
+
+  `droppath_rate` is stochastic depth: each residual branch is dropped for a whole example.
+  """
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    droppath = nn.Dropout(self.droppath_rate, broadcast_dims=tuple(range(1, x.ndim)))
+    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
+        kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
+        deterministic=not train, name='MultiHeadDotProductAttention_1')(y, y)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    x = x + droppath(y, deterministic=not train)
+    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
+    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock_3')(y, train=train)
+    return x + droppath(y, deterministic=not train)
+
+
+class Encoder(nn.Module):
+  """Position embeddings, encoder blocks with TokenLearner placement, final LayerNorm.
+
+  Call: `(x [B, N, C], grid_shape (T, H, W), *, train)` where N = T*H*W (+1 with a CLS token in
+  front). Returns `(x [B, N', C], aux)` with aux['attention_maps'] the TokenLearners' maps.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, grid_shape, *, train: bool):
+    cfg, tl = self.config, self.config.tokenlearner
+    dtype = jnp.dtype(cfg.dtype)
+    x = AddPositionEmbs(name='posembed_input')(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train).astype(dtype)
+
+    pools = dict(cfg.spatial_pooling)
+    grid = tuple(grid_shape)
+    tl_grid = lambda g: g[1:] if g[0] == 1 else g  # Images: maps [B, S, H, W], not [B, 1, S, H, W].
+    maps = []
+    for lyr in range(cfg.num_layers + 1):
+      if lyr in pools:
+        x, grid = ablations.spatial_pool(x, grid, pools[lyr])
+      if cfg.uses_tokenlearner and lyr == tl.loc and not tl.fuser:
+        x, m = self._token_learner(lyr)(x, tl_grid(grid), train=train)
+        maps.append(m)
+      if lyr == cfg.num_layers:
+        break
+      block = EncoderBlock(
+          cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.attention_dropout_rate,
+          droppath_rate=cfg.stochastic_depth * lyr / max(cfg.num_layers - 1, 1), dtype=dtype,
+          name=f'encoderblock_{lyr}')
+      if cfg.uses_tokenlearner and tl.fuser and lyr >= tl.loc:
+        tokens, m = self._token_learner(lyr)(x, tl_grid(grid), train=train)
+        maps.append(m)
+        x = self._fuse(lyr, block(tokens, train=train), x, m, tl_grid(grid), train)
+      else:
+        x = block(x, train=train)
+    x = nn.LayerNorm(dtype=dtype, name='encoder_norm')(x)
+    return x, {'attention_maps': tuple(maps)}
+
+  def _token_learner(self, lyr):
+    tl, dtype = self.config.tokenlearner, jnp.dtype(self.config.dtype)
+    if tl.version == 'v1':
+      return TokenLearner(tl.num_tokens, pooling=tl.pooling, dtype=dtype,
+                          name=f'tokenlearner_{lyr}')
+    return TokenLearnerV11(tl.num_tokens, tl.bottleneck_dim, tl.dropout_rate, dtype=dtype,
+                           name=f'tokenlearner_{lyr}')
+
+  def _fuse(self, lyr, tokens, residual, maps, grid, train):
+    cfg, tl = self.config, self.config.tokenlearner
+    dtype, name = jnp.dtype(cfg.dtype), f'fuser_{lyr}'
+    if tl.fuser_type == 'tokenfuser':
+      return TokenFuser(tl.fuser_mixing, tl.fuser_mlp_dim, tl.dropout_rate, dtype=dtype,
+                        name=name)(tokens, residual, grid, train=train)
+    if tl.fuser_type == 'unpool':
+      return ablations.Unpool(name=name)(tokens, residual, maps, grid, train=train)
+    return ablations.Reprojection(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
+                                  cfg.attention_dropout_rate, dtype=dtype,
+                                  name=name)(tokens, residual, train=train)
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds a learned position embedding `[1, N, C]` to `[B, N, C]` (every patch, before any
+  TokenLearner; §3.1 "positional encodings identical to ViT")."""
+
+  @nn.compact
+  def __call__(self, x):
+    pos = self.param('pos_embedding', nn.initializers.normal(stddev=0.02), (1, *x.shape[1:]))
+    return x + pos.astype(x.dtype)
+
+
+def encode_and_classify(module, x, grid_shape, *, train):
+  """Shared tail of ViT and ViViT, called inside their compact `__call__`.
+
+  CLS token (classifier 'token') -> encoder -> 'token' or 'gap' (mean over the tokens) -> optional
+  pre-logits (Dense + tanh) -> head (zero-initialised, bias `head_bias_init`). The submodules are
+  created in `module`'s scope, so the names match the checkpoint layout.
+
+  Args:
+    module: the calling ViT / ViViT (has `.config`).
+    x: `[B, N, C]` embedded patches / tubelets.
+    grid_shape: `(T, H, W)` with T*H*W = N.
+    train: whether dropout and stochastic depth act.
+
+  Returns:
+    `(logits [B, K] float32, aux)`; aux holds 'attention_maps' and 'pre_logits' `[B, D]`.
+  """
+  cfg = module.config
+  if cfg.classifier == 'token':
+    cls = module.param('cls', nn.initializers.zeros, (1, 1, x.shape[-1]))
+    x = jnp.concatenate([jnp.tile(cls, (x.shape[0], 1, 1)).astype(x.dtype), x], axis=1)
+  x, aux = Encoder(cfg, name='Transformer')(x, grid_shape, train=train)
+  x = x[:, 0] if cfg.classifier == 'token' else x.mean(axis=1)
+  if cfg.representation_size is not None:
+    x = jnp.tanh(nn.Dense(cfg.representation_size, dtype=x.dtype, name='pre_logits')(x))
+  logits = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.constant(cfg.head_bias_init), name='head')(x)
+  return logits.astype(jnp.float32), {**aux, 'pre_logits': x}
+
+
+class ViT(nn.Module):
+  """Vision Transformer + TokenLearner for images `[B, H, W, 3]`; returns `(logits, aux)`."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, images, *, train: bool):
+    cfg, p = self.config, self.config.patch_size
+    x = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding='VALID',
+                dtype=jnp.dtype(cfg.dtype), name='embedding')(images)
+    b, h, w, c = x.shape
+    return encode_and_classify(self, x.reshape(b, h * w, c), (1, h, w), train=train)
