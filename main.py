@@ -1,0 +1,71 @@
+r"""Trains and evaluates a model: `python main.py --config=configs/X.py --workdir=DIR`.
+
+Config fields can be overridden on the command line (`--config.learning_rate=1e-3`); the config
+is locked, so a misspelled field is an error. Re-running the same command resumes from the
+checkpoints in DIR.
+
+Multi-process: on TPU pods and SLURM / Open MPI clusters `jax.distributed` finds its peers
+itself; elsewhere (GPU or CPU hosts) pass --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every
+process.
+"""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+import trainer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs, summary.json.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0 (multi-process); env JAX_COORDINATOR_ADDRESS.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes; env JAX_NUM_PROCESSES.')
+flags.DEFINE_integer('process_id', None, 'This process (0..num_processes-1); env JAX_PROCESS_ID.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Environment variables by which jax.distributed.initialize() detects a cluster by itself.
+_AUTO_DETECTED_CLUSTERS = ('TPU_WORKER_HOSTNAMES', 'SLURM_JOB_ID', 'OMPI_COMM_WORLD_SIZE')
+
+
+def initialize_distributed():
+  """Calls jax.distributed.initialize() when this is one of several processes."""
+  address = FLAGS.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  num_processes = FLAGS.num_processes or int(os.environ.get('JAX_NUM_PROCESSES', '0')) or None
+  process_id = FLAGS.process_id
+  if process_id is None and 'JAX_PROCESS_ID' in os.environ:
+    process_id = int(os.environ['JAX_PROCESS_ID'])
+  if address or num_processes:
+    if not (address and num_processes and process_id is not None):
+      raise app.UsageError('multi-process runs need --coordinator_address, --num_processes and '
+                           '--process_id (or the JAX_* environment variables)')
+    # CPU hosts exchange collectives through gloo; GPUs and TPUs ignore this setting.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
+                               process_id=process_id)
+  elif any(os.environ.get(v) for v in _AUTO_DETECTED_CLUSTERS):
+    hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+    if 'TPU_WORKER_HOSTNAMES' not in os.environ or ',' in hosts:
+      jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  initialize_distributed()
+  try:  # Keep TensorFlow (the input pipeline) off the accelerators.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+  except ImportError:
+    pass
+  logging.info('JAX process %d / %d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)
