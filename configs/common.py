@@ -54,3 +54,31 @@ def model_config(name='vit', variant='B/16', num_classes=1000, num_tokens=8, loc
           dropout_rate=0.0,  # v1.1 alpha MLP and fuser dropout.
       )),
   ))
+
+
+def training_config(**overrides):
+  """Trainer fields shared by every config (trainer.py reads them); `overrides` replace defaults."""
+  fields = dict(
+      seed=0,
+      batch_size=512,  # global, over all processes
+      eval_batch_size=512,
+      num_train_steps=config_dict.placeholder(int),  # None: from num_epochs and the dataset size
+      num_epochs=config_dict.placeholder(float),
+      optimizer='momentum',  # 'adamw' | 'adam' | 'momentum' | 'sgd'
+      momentum=0.9,
+      learning_rate=0.01,
+      lr_schedule='cosine',  # 'cosine' | 'linear' decay after linear warmup
+      warmup_steps=500,
+      weight_decay=0.0,
+      grad_clip_norm=1.0,
+      label_smoothing=0.0,
+      mixup_alpha=0.0,
+      grad_accum_steps=1,
+      loss='softmax_xent',
+      log_every_steps=100,
+      eval_every_steps=1000,
+      checkpoint_every_steps=1000,
+      keep_checkpoints=3,
+  )
+  fields.update(overrides)
+  return fields

@@ -1,0 +1,35 @@
+r"""Kinetics-400: ViViT-L/16 + 16 TokenLearner tokens per frame at layer 12 (§5, Table 7).
+
+32 frames at 224x224, tubelet 2x16x16 (16 x 14 x 14 = 3136 tokens before the TokenLearner, 16 x 16 =
+256 after), §5.2 settings: 30 epochs, Momentum optimizer, base learning rate 0.05, cosine decay.
+Kinetics is read from DMVR-style TFRecords the user prepares (set the file patterns).
+
+  python main.py --config=configs/kinetics400_tokenlearner.py --workdir=/tmp/tl_k400 \
+    --config.dataset.file_pattern_train='/data/k400/train@*' \
+    --config.dataset.file_pattern_eval='/data/k400/val@*'
+
+  python -m token_learner.flops --config=configs/kinetics400_tokenlearner.py   # 766 GFLOPs / view
+"""
+import ml_collections
+
+from configs import common
+
+KINETICS400_TRAIN_SIZE = 215_000  # clips available in the common DMVR release (approx.)
+
+
+def get_config():
+  batch_size = 64
+  config = ml_collections.ConfigDict(common.training_config(
+      batch_size=batch_size, eval_batch_size=batch_size, optimizer='momentum', momentum=0.9,
+      learning_rate=0.05, lr_schedule='cosine', label_smoothing=0.1, grad_clip_norm=1.0,
+      num_train_steps=30 * KINETICS400_TRAIN_SIZE // batch_size,
+      warmup_steps=int(2.5 * KINETICS400_TRAIN_SIZE // batch_size)))
+  config.model = common.model_config(name='vivit', variant='L/16', num_classes=400, num_tokens=16,
+                                     loc=12, version='v1', fuser=False, tubelet_size=2)
+  config.model.stochastic_depth = 0.1
+  config.dataset = ml_collections.ConfigDict(dict(
+      name='dmvr', file_pattern_train='', file_pattern_eval='', frames_key='image/encoded',
+      label_key='clip/label/index', multi_label=False, num_frames=32, stride=2,
+      image_size=224, eval_clips=4, eval_crops=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+      augment=True, shuffle_buffer=2048))
+  return config
