@@ -1,0 +1,160 @@
+"""Video metrics: multi-label loss, Charades mAP, multi-view averaging (§5, §6.1.1).
+
+- `sigmoid_xent`: the multi-label loss of Charades (§6.1.1, "multi-class, multilabel"), jax.
+- `average_views`: a video's clips x crops views (Tables 8, 9: "4x3 = 12" views) merged into one
+  prediction before any metric, jax or numpy.
+- `mean_average_precision`: Charades "v1 classification" mAP (Table 10), numpy, over the whole
+  eval set; `MultiLabelAccumulator` gathers the per-batch scores for it.
+- `mean_per_class_accuracy`: AViD's "mean accuracy averaged over 887 classes" (Table 11), numpy.
+"""
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AVERAGES = ('logits', 'probs')
+
+
+def multi_hot(labels, num_classes: int):
+  """`[B, L]` int class ids (-1 = none) -> `[B, K]` float32 0/1 targets (jax)."""
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # -1 -> all zeros.
+  return one_hot.max(axis=-2)
+
+
+def sigmoid_xent(logits, targets, label_smoothing: float = 0.0):
+  """Per-example sigmoid cross-entropy, summed over classes (each class is its own binary task).
+
+  Args:
+    logits: `[B, K]`.
+    targets: `[B, K]` 0/1 (multi-hot) targets.
+    label_smoothing: targets become `t * (1 - ls) + ls / 2` (both outcomes equally smoothed).
+
+  Returns:
+    `[B]` float32 loss; average it over the (unmasked) batch.
+  """
+  logits = logits.astype(jnp.float32)
+  targets = targets.astype(jnp.float32)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
+  # log(sigmoid(x)) and log(1 - sigmoid(x)) = log(sigmoid(-x)) stay finite for large |x|.
+  loss = -(targets * jax.nn.log_sigmoid(logits) + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
+  return loss.sum(axis=-1)
+
+
+def average_views(logits, how: str = 'logits', multi_label: bool = False):
+  """Merges the V views (clips x crops) of each video into one prediction.
+
+  Args:
+    logits: `[N, V, K]`, the views of one video along axis 1 (a whole video per row, so no view
+      is ever missing or shared between processes).
+    how: 'logits' (mean of the logits) or 'probs' (mean of the probabilities: softmax, or the
+      sigmoid if `multi_label`).
+    multi_label: whether classes are independent (sigmoid) rather than exclusive (softmax).
+
+  Returns:
+    `[N, K]`: mean logits, or mean probabilities (for 'probs'). Either ranks classes per video, so
+    accuracy and mAP take them as scores. Works on numpy and jax arrays.
+  """
+  xp = np if isinstance(logits, np.ndarray) else jnp
+  if logits.ndim != 3:
+    raise ValueError(f'average_views expects logits [N, V, K], got shape {logits.shape}')
+  if how == 'logits':
+    return logits.mean(axis=1)
+  if how != 'probs':
+    raise ValueError(f"how={how!r} is not one of {list(AVERAGES)}")
+  if multi_label:
+    probs = 1.0 / (1.0 + xp.exp(-logits))
+  else:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    probs = xp.exp(shifted)
+    probs = probs / probs.sum(axis=-1, keepdims=True)
+  return probs.mean(axis=1)
+
+
+def average_precision(scores, targets) -> float:
+  """Non-interpolated AP of one class: mean of the precision at the rank of every positive.
+
+  Args:
+    scores: `[N]` scores, higher = more confident.
+    targets: `[N]` 0/1.
+
+  Returns:
+    AP in [0, 1], or NaN if there is no positive (the class is then left out of the mean).
+    Ties are broken by the order in the input (a stable sort), as the Charades devkit does.
+  """
+  scores, targets = np.asarray(scores, np.float64), np.asarray(targets) > 0
+  num_pos = targets.sum()
+  if num_pos == 0:
+    return float('nan')
+  order = np.argsort(-scores, kind='stable')
+  tp = targets[order]
+  precision = np.cumsum(tp) / np.arange(1, len(tp) + 1)
+  return float(precision[tp].sum() / num_pos)
+
+
+def mean_average_precision(scores, targets, mask=None) -> float:
+  """Charades v1 classification mAP: per-class AP over the eval set, averaged over classes with
+  at least one positive (Table 10; the devkit's `mAP`, NaN classes skipped).
+
+  Args:
+    scores: `[N, K]` one score per video and class (view-averaged, see `average_views`).
+    targets: `[N, K]` 0/1.
+    mask: optional `[N]`, 0 for padding rows.
+
+  Returns:
+    mAP in [0, 1] (NaN if no class has a positive).
+  """
+  scores, targets = np.asarray(scores), np.asarray(targets)
+  if scores.shape != targets.shape or scores.ndim != 2:
+    raise ValueError(f'scores {scores.shape} and targets {targets.shape} must both be [N, K]')
+  if mask is not None:
+    keep = np.asarray(mask).astype(bool)
+    scores, targets = scores[keep], targets[keep]
+  aps = np.array([average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
+  return float(np.nanmean(aps)) if np.isfinite(aps).any() else float('nan')
+
+
+def mean_per_class_accuracy(predictions, labels, num_classes: int, mask=None) -> float:
+  """Top-1 accuracy per class, averaged over the classes present (AViD, Table 11).
+
+  Args:
+    predictions: `[N]` predicted class ids.
+    labels: `[N]` true class ids.
+    num_classes: K.
+    mask: optional `[N]`, 0 for padding rows.
+  """
+  predictions, labels = np.asarray(predictions), np.asarray(labels)
+  if mask is not None:
+    keep = np.asarray(mask).astype(bool)
+    predictions, labels = predictions[keep], labels[keep]
+  correct = np.bincount(labels, weights=predictions == labels, minlength=num_classes)
+  count = np.bincount(labels, minlength=num_classes)
+  present = count > 0
+  return float((correct[present] / count[present]).mean()) if present.any() else float('nan')
+
+
+class MultiLabelAccumulator:
+  """Collects `[B, K]` scores and targets batch by batch (masked rows dropped), then `.result()`
+  is the mAP over everything seen. mAP ranks across the whole set, so it cannot be averaged over
+  batches like accuracy."""
+
+  def __init__(self):
+    self._scores, self._targets = [], []
+
+  def update(self, scores, targets, mask: Optional[np.ndarray] = None):
+    scores, targets = np.asarray(scores), np.asarray(targets)
+    if mask is not None:
+      keep = np.asarray(mask).astype(bool)
+      scores, targets = scores[keep], targets[keep]
+    self._scores.append(scores)
+    self._targets.append(targets)
+
+  @property
+  def count(self) -> int:
+    return int(sum(len(s) for s in self._scores))
+
+  def result(self) -> float:
+    if not self._scores:
+      return float('nan')
+    return mean_average_precision(np.concatenate(self._scores), np.concatenate(self._targets))
