@@ -47,6 +47,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+try:  # The accelerators belong to JAX: keep TensorFlow (here only tf.data) on the host.
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TensorFlow already initialised its devices; nothing left to change.
+  pass
+
 _IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Seed domains, so the epoch order and the augmentation never share random numbers.
 _ORDER, _AUGMENT = 1, 2
@@ -134,8 +139,8 @@ def _local_batch(global_batch, field, process_index, process_count) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Sources: a split as a fixed sequence of records (index, raw, label, where). `raw` is what is
-# cheap to carry before the process filter (an image, a path or encoded bytes); `decode` turns it
-# into float32 [h, w, 3] in [0, 1]; `where` names the record in error messages.
+# cheap to carry before the process filter: an image (digits), a path (image_folder) or encoded
+# bytes (TFDS); `where` names the record in error messages.
 
 
 @dataclasses.dataclass
@@ -144,11 +149,34 @@ class _Source:
   num_examples: int
   num_classes: int
   tiny: bool  # digits: no flip, no crop-and-rescale (see _train_image).
-  decode: Callable[[tf.Tensor], tf.Tensor]
+  # raw -> encoded image bytes; None when raw already is a float32 [h, w, 3] image in [0, 1].
+  read: Optional[Callable[[tf.Tensor], tf.Tensor]]
   # Random-access sources: index tensor -> (raw, label, where). Streams (TFDS) have None.
   lookup: Optional[Callable] = None
   records: Optional[Callable[[], tf.data.Dataset]] = None  # streams only: ordered records.
   keep: Optional[np.ndarray] = None  # record indices in use (corrupt ones dropped); None: all.
+
+  def decode(self, raw) -> tf.Tensor:
+    """The whole image: uint8 [h, w, 3], or float32 in [0, 1] for in-memory images."""
+    return raw if self.read is None else _decode_bytes(self.read(raw))
+
+  def decode_crop(self, raw, crop_window) -> tf.Tensor:
+    """The crop `crop_window(shape [3]) -> (begin [3], size [3])` of the image."""
+    if self.read is None:
+      begin, size = crop_window(tf.shape(raw))
+      return tf.slice(raw, begin, size)
+    data = self.read(raw)
+
+    def jpeg():  # Decodes only the window: most of an inception crop's cost is the decode.
+      begin, size = crop_window(tf.image.extract_jpeg_shape(data))
+      window = tf.stack([begin[0], begin[1], size[0], size[1]])
+      return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+      image = _decode_bytes(data)
+      begin, size = crop_window(tf.shape(image))
+      return tf.slice(image, begin, size)
+    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
   @property
   def size(self) -> int:
@@ -230,13 +258,15 @@ def _digits_source(split: str, field: str) -> _Source:
   where = tf.constant([f'digits sample {i}' for i in idx])
   return _Source(
       description=f'digits {split!r}', num_examples=len(idx), num_classes=10, tiny=True,
-      decode=lambda image: image,
+      read=None,
       lookup=lambda i: (tf.gather(images_t, i), tf.gather(labels_t, i), tf.gather(where, i)))
 
 
 def _decode_bytes(data: tf.Tensor) -> tf.Tensor:
+  """Encoded PNG / JPEG / GIF / BMP / WebP -> uint8 [h, w, 3]."""
   image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-  return tf.cast(image, tf.float32) / 255.0
+  image.set_shape([None, None, 3])
+  return image
 
 
 def _image_folder_classes(root: str, train_split: str) -> list:
@@ -279,7 +309,7 @@ def _image_folder_source(opts: _Options, split: str, field: str) -> _Source:
   labels_t = tf.constant(np.asarray(labels, np.int32)[order])
   return _Source(
       description=f'image_folder {base!r}', num_examples=len(order), num_classes=len(classes),
-      tiny=False, decode=lambda path: _decode_bytes(tf.io.read_file(path)),
+      tiny=False, read=tf.io.read_file,
       lookup=lambda i: (tf.gather(paths_t, i), tf.gather(labels_t, i), tf.gather(paths_t, i)))
 
 
@@ -324,7 +354,7 @@ def _tfds_source(opts: _Options, split, field) -> _Source:
   return _Source(
       description=f'TFDS {opts.name!r} split {split!r}', num_examples=_tfds_count(builder, split),
       num_classes=builder.info.features['label'].num_classes, tiny=False,
-      decode=_decode_bytes, records=lambda: ds)
+      read=lambda data: data, records=lambda: ds)
 
 
 def _source(opts: _Options, split, field) -> _Source:
@@ -400,35 +430,41 @@ def _corrupt_error(source: _Source, bad) -> ValueError:
 
 
 # ---------------------------------------------------------------------------------------------
-# Image processing: float32 [h, w, 3] in [0, 1] -> float32 [S, S, 3] normalised.
+# Image processing: a decoded record -> float32 [S, S, 3] in [0, 1]; then normalised.
 
 
 def _resize(image, size):
-  return tf.image.resize(image, size, method='bilinear', antialias=True)
+  """uint8 or float32 [h, w, 3] -> float32 [*size, 3] in [0, 1]."""
+  scale = 1 / 255 if image.dtype == tf.uint8 else 1.0  # Cropping and resizing stay in uint8.
+  return tf.image.resize(image, size, method='bilinear', antialias=True) * scale
 
 
-def _train_image(image, seed, opts: _Options, tiny: bool):
+def _train_image(source: _Source, raw, seed, opts: _Options):
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   size = [opts.image_size, opts.image_size]
-  if tiny:
+  if source.tiny:
     # Digits: a shift of up to 1/8 of the side (1 pixel of an 8x8 scan); no flip, since a
     # mirrored digit is another symbol (or none).
+    image = source.decode(raw)
     pad = max(1, int(image.shape[0] or 8) // 8)
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=crop_seed)
     return _resize(image, size)
-  # Inception crop (Szegedy et al. 2015): a random box of [crop_min_area, 1] of the area with
-  # aspect ratio in [3/4, 4/3].
-  begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), seed=crop_seed,
-      min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-      area_range=(opts.crop_min_area, 1.0), max_attempts=10,
-      use_image_if_no_bounding_boxes=True)
-  image = _resize(tf.slice(image, begin, box), size)
+
+  def inception_crop(shape):
+    # Szegedy et al. 2015: a random box of [crop_min_area, 1] of the area with aspect ratio in
+    # [3/4, 4/3]; the whole image if none is found in 10 attempts.
+    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.zeros([1, 0, 4]), seed=crop_seed, min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(opts.crop_min_area, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    return begin, box
+  image = _resize(source.decode_crop(raw, inception_crop), size)
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
 def _eval_image(image, opts: _Options, tiny: bool):
+  """Decoded image -> float32 [S, S, 3] in [0, 1]: resize, centre crop (ImageNet eval)."""
   size = opts.image_size
   if tiny:
     return _resize(image, [size, size])
@@ -519,11 +555,10 @@ def create_train_iterator(config, start_step: int = 0, process_index: int = 0,
 
   def process(q, index, raw, label, where):
     del index, where
-    image = source.decode(raw)
     if opts.augment:
-      image = _train_image(image, _seed(opts.seed, _AUGMENT, q), opts, source.tiny)
+      image = _train_image(source, raw, _seed(opts.seed, _AUGMENT, q), opts)
     else:
-      image = _eval_image(image, opts, source.tiny)
+      image = _eval_image(source.decode(raw), opts, source.tiny)
     return {'inputs': _normalise(image, opts), 'labels': label}
   ds = stream(start_step).map(process, num_parallel_calls=tf.data.AUTOTUNE)
   ds = _with_options(ds.batch(local_batch, drop_remainder=True))

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 from sklearn import datasets as sk_datasets
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import input_pipeline
@@ -279,3 +280,38 @@ def test_image_folder_missing_split(tmp_path):
     input_pipeline.create_eval_iterator(folder_config(tmp_path))
   with pytest.raises(ValueError, match='no .* images'):
     input_pipeline.create_eval_iterator(folder_config(tmp_path, eval_split='empty'))
+
+
+def _encoded_png(value):
+  import io  # pylint: disable=g-import-not-at-top
+  out = io.BytesIO()
+  Image.fromarray(np.full([12, 10, 3], value, np.uint8)).save(out, format='PNG')
+  return out.getvalue()
+
+
+def test_tfds_corrupt_record_named_or_skipped(caplog):
+  images = [_encoded_png(v) for v in range(0, 120, 10)]
+  images[5] = b'not an image'
+
+  def as_dataset(self, split, **kwargs):
+    del self, kwargs
+    return tf.data.Dataset.from_tensor_slices({
+        'image': images, 'label': np.arange(12) % 10,
+        'tfds_id': [f'{split}-record-{i}' for i in range(12)]})
+
+  with tfds.testing.mock_data(num_examples=12, as_dataset_fn=as_dataset):
+    config = make_config(batch_size=4, eval_batch_size=4, name='cifar10', image_size=8,
+                         shuffle_buffer=4)
+    with pytest.raises(ValueError, match=r'test-record-5 \(record 5\)'):
+      list(input_pipeline.create_eval_iterator(config))
+    with pytest.raises(ValueError, match='record 5'):
+      take(input_pipeline.create_train_iterator(config), 3)
+
+    config.dataset.skip_corrupt = True
+    with caplog.at_level(logging.WARNING):
+      evaluation = input_pipeline.create_eval_iterator(config)
+    assert evaluation.num_skipped == 1 and 'Skipped 1 corrupt' in caplog.text
+    assert sum(b['mask'].sum() for b in evaluation) == 11
+    train = input_pipeline.create_train_iterator(config)
+    labels = concat(take(train, 11), 'labels')  # 44 rows: 4 epochs of the 11 good records.
+    assert collections.Counter(labels)[5] == 0 and len(set(labels)) == 9
