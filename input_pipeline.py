@@ -18,7 +18,7 @@ Stream position q = step * batch_size + row; epoch e = q // n covers positions [
 visits the split in an order seeded by (seed, e); the example at position q is augmented with a
 seed derived from (seed, q). A batch is therefore a pure function of (config, step), and
 `start_step=k` starts the stream at q = k * batch_size: it jumps straight to epoch q // n and skips
-the remainder of that epoch without decoding anything.
+that epoch's first q % n records without decoding them.
 
 Processes: every process builds the same global stream of *undecoded* records and keeps the rows
 (q % batch_size) // L == process_index before decoding, so process p's batch is rows
@@ -63,6 +63,7 @@ _EVAL_CROP_FRACTION = 0.875  # Standard ImageNet eval: resize to S / 0.875, cent
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
+  """What the trainer needs before it sees data: head size, split sizes, input shape."""
   num_classes: int
   num_train: int
   num_eval: int
@@ -365,7 +366,7 @@ def _source(opts: _Options, split, field) -> _Source:
   return _tfds_source(opts, split, field)
 
 
-def _process_split(opts, split, process_index, process_count):
+def _process_split(split, process_index, process_count):
   """The split string of one process's part under per_process_split (TFDS)."""
   return tfds.split_for_jax_process(split, process_index=process_index,
                                     process_count=process_count)
@@ -376,7 +377,7 @@ def _sliced_source(opts, split, field, process_index, process_count) -> _Source:
   if not opts.per_process_split or process_count == 1:
     return _source(opts, split, field)
   if opts.name not in ('digits', 'image_folder'):
-    return _source(opts, _process_split(opts, split, process_index, process_count), field)
+    return _source(opts, _process_split(split, process_index, process_count), field)
   # Small in-memory splits: contiguous near-equal parts, like tfds.split_for_jax_process.
   source = _source(opts, split, field)
   source.keep = np.array_split(np.arange(source.num_examples), process_count)[process_index]
@@ -473,7 +474,7 @@ def _eval_image(image, opts: _Options, tiny: bool):
   resized = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
   image = _resize(image, resized)
   top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
-  return image[top:top + size, left:left + size]
+  return tf.ensure_shape(image[top:top + size, left:left + size], [size, size, 3])
 
 
 def _normalise(image, opts: _Options):
@@ -590,8 +591,7 @@ def create_eval_iterator(config, process_index: int = 0, process_count: int = 1)
   num_skipped = _drop_corrupt(source) if opts.skip_corrupt else 0
   n = source.size
   if opts.per_process_split and process_count > 1:
-    # Each process has its own part; the longest part sets the batch count. Parts differ by at
-    # most one example (even split), so the part sizes follow from the full split's size.
+    # Each process has its own part; the longest part sets everyone's batch count.
     sizes = _process_sizes(opts, process_count)
     num_batches = math.ceil(max(sizes) / local_batch)
     global_batch, row_block, local_count = local_batch, 0, n
@@ -629,7 +629,7 @@ def _process_sizes(opts, process_count) -> list:
     n = _source(opts, opts.eval_split, 'eval_split').num_examples
     return [len(p) for p in np.array_split(np.arange(n), process_count)]
   builder = _tfds_builder(opts)
-  return [_tfds_count(builder, _process_split(opts, opts.eval_split, p, process_count))
+  return [_tfds_count(builder, _process_split(opts.eval_split, p, process_count))
           for p in range(process_count)]
 
 
