@@ -1,0 +1,243 @@
+"""ViT / ViViT + TokenLearner: structure, regularisers, parameter counts, FLOPs, config errors."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from token_learner import ModelConfig, build_model, paper_table
+from token_learner.flops import abstract_params, count_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_config(name='vit', variant='Mu/4', image_size=16, num_frames=4, **model):
+  tl = {k: model.pop(k) for k in list(model) if k in
+        ('num_tokens', 'loc', 'version', 'fuser', 'fuser_type', 'fuser_mixing', 'pooling')}
+  config = ml_collections.ConfigDict(dict(
+      model=common.model_config(name=name, variant=variant, num_classes=5,
+                                **{k: tl.pop(k) for k in ('num_tokens', 'loc', 'version', 'fuser')
+                                   if k in tl}),
+      dataset=dict(image_size=image_size, num_frames=num_frames)))
+  config.model.tokenlearner.update(tl)
+  config.model.update(model)
+  return config
+
+
+def init_model(config, batch=2, seed=0):
+  cfg = ModelConfig.from_config(config)
+  model = build_model(cfg)
+  x = jax.random.normal(jax.random.key(seed + 1), (batch, *cfg.input_shape))
+  params = model.init(jax.random.key(seed), x, train=False)['params']
+  return cfg, model, params, x
+
+
+def randomise(params, seed=1, scale=0.1):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [l + scale * jax.random.normal(k, l.shape)
+                                      for l, k in zip(leaves, keys)])
+
+
+# ----------------------------------------------------------------------------- structure
+def test_fresh_fuser_model_equals_plain_vit_of_loc_layers():
+  """Fig. 3(b) wiring: at init each TokenLearner -> block -> TokenFuser layer is the identity on
+  its residual, so the model is exactly the plain ViT of its first `loc` layers."""
+  _, tl_model, params, x = init_model(make_config(num_layers=4, num_tokens=3, loc=2, fuser=True))
+  params = dict(params, head=randomise(params['head']))
+  _, vit, vit_params, _ = init_model(make_config(num_layers=2, num_tokens=0))
+  shared = jax.tree.map(lambda a: a, params)
+  shared['Transformer'] = {k: v for k, v in params['Transformer'].items()
+                           if k in vit_params['Transformer']}
+  want, _ = vit.apply({'params': shared}, x, train=False)
+  got, aux = tl_model.apply({'params': params}, x, train=False)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert len(aux['attention_maps']) == 2 and aux['attention_maps'][0].shape == (2, 3, 4, 4)
+
+
+def test_fig3a_later_layers_see_only_the_learned_tokens():
+  """Fig. 3(a): with the TokenLearner before layer loc, later blocks see S tokens, so the output
+  is invariant to permuting the patch positions whenever the earlier blocks are (loc=0, v1.1)."""
+  config = make_config(num_layers=2, num_tokens=3, loc=0, version='v1.1')
+  _, model, params, x = init_model(config)
+  params = randomise(params)
+  params['Transformer']['posembed_input']['pos_embedding'] = jnp.zeros_like(
+      params['Transformer']['posembed_input']['pos_embedding'])
+  out, _ = model.apply({'params': params}, x, train=False)
+  # Permuting 4x4 patches of the 16x16 image permutes the embedded patches.
+  patches = x.reshape(2, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, 4, 4, 3)
+  perm = np.random.default_rng(0).permutation(16)
+  xp = patches[:, perm].reshape(2, 4, 4, 4, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
+  out_p, _ = model.apply({'params': params}, xp, train=False)
+  np.testing.assert_allclose(out_p, out, rtol=1e-4, atol=1e-5)
+  # ... and not in the plain ViT with position embeddings (a test that can fail).
+  _, vit, vit_params, _ = init_model(make_config(num_layers=2, num_tokens=0))
+  vit_params = randomise(vit_params)
+  assert not np.allclose(vit.apply({'params': vit_params}, xp, train=False)[0],
+                         vit.apply({'params': vit_params}, x, train=False)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize('fuser_type', ['tokenfuser', 'unpool', 'reprojection'])
+def test_fuser_alternatives_keep_the_grid(fuser_type):
+  _, model, params, x = init_model(make_config(num_layers=3, num_tokens=2, loc=1, fuser=True,
+                                               fuser_type=fuser_type))
+  logits, aux = model.apply({'params': params}, x, train=False)
+  assert logits.shape == (2, 5) and len(aux['attention_maps']) == 2
+  has_params = fuser_type != 'unpool'  # unpooling reuses the TokenLearner's maps
+  assert ('fuser_1' in params['Transformer']) == has_params
+  assert ('fuser_2' in params['Transformer']) == has_params
+
+
+def test_unpool_spreads_tokens_with_the_maps():
+  from token_learner.ablations import Unpool
+  residual = np.random.default_rng(0).standard_normal((1, 3, 4, 2)).astype(np.float32)
+  maps = np.random.default_rng(1).random((1, 2, 3, 4)).astype(np.float32)
+  tokens = np.random.default_rng(2).standard_normal((1, 2, 2)).astype(np.float32)
+  out = Unpool().apply({}, tokens, residual, maps)
+  want = residual + np.einsum('shw,sc->hwc', maps[0], tokens[0])[None]
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_spatial_pooling_reduces_the_grid():
+  from token_learner.ablations import spatial_pool
+  x = np.arange(2 * 16 * 3, dtype=np.float32).reshape(1, 2 * 16, 3)  # T=2 frames of 4x4
+  pooled, grid = spatial_pool(x, (2, 4, 4), 2)
+  assert grid == (2, 2, 2)
+  frames = x.reshape(2, 2, 2, 2, 2, 3)  # t, h/2, 2, w/2, 2, c
+  np.testing.assert_allclose(pooled.reshape(2, 2, 2, 3), frames.mean((2, 4)), rtol=1e-6)
+  _, model, params, xin = init_model(make_config(num_layers=3, num_tokens=0,
+                                                 spatial_pooling=((1, 2),)))
+  assert model.apply({'params': params}, xin, train=False)[0].shape == (2, 5)
+
+
+def test_vivit_learns_tokens_per_temporal_slice():
+  config = make_config(name='vivit', num_layers=2, num_tokens=3, loc=1, fuser=True,
+                       num_frames=4, tubelet_size=2)
+  cfg, model, params, x = init_model(config)
+  assert params['embedding']['kernel'].shape == (2, 4, 4, 3, 64)
+  logits, aux = model.apply({'params': params}, x, train=False)
+  assert logits.shape == (2, 5) and aux['attention_maps'][0].shape == (2, 2, 3, 4, 4)
+  assert cfg.grid_shape == (2, 4, 4)
+
+
+def test_token_classifier_and_head_init():
+  config = make_config(num_layers=1, num_tokens=0, classifier='token', head_bias_init=-2.0,
+                       representation_size=8)
+  _, model, params, x = init_model(config)
+  assert params['cls'].shape == (1, 1, 64)
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 64)
+  logits, aux = model.apply({'params': params}, x, train=False)
+  np.testing.assert_array_equal(logits, -2.0)  # zero head kernel, bias = head_bias_init
+  assert aux['pre_logits'].shape == (2, 8)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  _, model, params, x = init_model(make_config(num_layers=2, num_tokens=2, loc=1, fuser=True,
+                                               dtype='bfloat16'))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  logits, _ = model.apply({'params': randomise(params)}, x, train=False)
+  assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+
+
+# ----------------------------------------------------------------------------- regularisers
+@pytest.mark.parametrize('field', ['dropout_rate', 'attention_dropout_rate', 'stochastic_depth'])
+def test_each_regulariser_acts_in_training_only(field):
+  base = make_config(num_layers=3, num_tokens=2, loc=1, fuser=True)
+  _, model0, params, x = init_model(base)
+  params = randomise(params)
+  config = make_config(num_layers=3, num_tokens=2, loc=1, fuser=True, **{field: 0.4})
+  _, model, _, _ = init_model(config)
+  run = lambda m, train, k: m.apply({'params': params}, x, train=train,
+                                    rngs={'dropout': jax.random.key(k)})[0]
+  eval_out = run(model, False, 0)
+  np.testing.assert_array_equal(eval_out, run(model, False, 1))
+  np.testing.assert_allclose(eval_out, run(model0, True, 0), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(run(model, True, 0), eval_out, atol=1e-5)
+  assert not np.allclose(run(model, True, 0), run(model, True, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize('version', ['v1', 'v1.1'])
+def test_every_parameter_receives_a_gradient(version):
+  _, model, params, x = init_model(make_config(num_layers=3, num_tokens=2, loc=1, fuser=True,
+                                               version=version, classifier='gap',
+                                               representation_size=8))
+  params = randomise(params)
+  labels = jnp.array([0, 3])
+
+  def loss(p):
+    logits, _ = model.apply({'params': p}, x, train=False)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+  for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(params)):
+    assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+
+
+# ----------------------------------------------------------------------------- sizes
+def test_vit_b16_parameter_count():
+  config = make_config(variant='B/16', image_size=224, num_tokens=0, classifier='token')
+  config.model.num_classes = 1000
+  assert count_params(abstract_params(ModelConfig.from_config(config))) == 86_567_656  # 86.6 M
+
+
+ISSUE_ROWS = {'ViT B/16', 'B/16, 8-TL at 6', 'B/16, 8-TL at 6 + fuser', 'B/16, 16-TL at 6',
+              'B/16, 16-TL at 6 + fuser', 'ViT S/32', 'TokenLearner S/32 (8 at 6)', 'ViViT-L/16',
+              'TokenLearner 16at12 + L/16', 'L/16, 16-TL at 3', 'TokenLearner 8at18 + L/16 (24+6)'}
+
+
+@pytest.mark.parametrize('row', [r for r in paper_table.ROWS if r[1] in ISSUE_ROWS],
+                         ids=lambda r: f'table{r[0]}:{r[1]}')
+def test_paper_flops_within_one_percent(row):
+  """Within 1 %, or within the paper's printed precision (ViT S/32: 3.44 is printed as 3.4)."""
+  gflops, _ = paper_table.measure(row)
+  paper = row[4]
+  decimals = len(repr(float(paper)).split('.')[1].rstrip('0'))
+  assert abs(gflops - paper) <= max(0.01 * paper, 0.5 * 10 ** -decimals), (gflops, paper)
+
+
+def test_flops_command_line():
+  out = subprocess.run(
+      [sys.executable, '-m', 'token_learner.flops', '--config=configs/imagenet_tokenlearner.py',
+       '--config.model.tokenlearner.num_tokens=16', '--config.model.tokenlearner.fuser=True'],
+      cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+      check=True)
+  last = out.stdout.strip().splitlines()[-1]
+  gflops, params = (kv.split('=')[1] for kv in last.split())
+  assert last.startswith('gflops=') and abs(float(gflops) / 29.1 - 1) < 0.01
+  assert int(params) > 80_000_000
+
+
+# ----------------------------------------------------------------------------- config errors
+@pytest.mark.parametrize('change, field', [
+    (dict(num_tokens=-1), 'num_tokens'),
+    (dict(num_tokens=8, loc=13), 'loc'),
+    (dict(num_tokens=8, loc=-1), 'loc'),
+    (dict(image_size=230), 'image_size'),
+    (dict(variant='B/15'), 'variant'),
+    (dict(num_tokens=8, version='v2'), 'version'),
+    (dict(classifier='max'), 'classifier'),
+    (dict(num_tokens=8, classifier='token'), 'classifier'),
+    (dict(num_tokens=0, fuser=True), 'fuser'),
+    (dict(num_tokens=8, fuser=True, fuser_type='mlp'), 'fuser_type'),
+    (dict(name='vivit', num_frames=7), 'num_frames'),
+    (dict(name='resnet'), 'name'),
+    (dict(stochastic_depth=1.5), 'stochastic_depth'),
+])
+def test_bad_config_names_the_field(change, field):
+  change = dict(dict(variant='B/16', image_size=224), **change)
+  with pytest.raises(ValueError, match=field):
+    ModelConfig.from_config(make_config(**change))
+
+
+def test_config_is_locked_and_overridable():
+  from configs import imagenet_tokenlearner
+  config = imagenet_tokenlearner.get_config()
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.model.tokenlearner.num_tokns = 3
+  config.model.num_layers = 21  # a typed placeholder accepts an int
+  assert ModelConfig.from_config(config).num_layers == 21
