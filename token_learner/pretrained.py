@@ -1,0 +1,265 @@
+"""Initialisation from pretrained weights: public ViT `.npz` files and this project's checkpoints.
+
+    params = init_from(params, config.init_from, model_cfg)   # after model.init, before training
+
+`config.init_from` (a ConfigDict or dict): path ('' = nothing to load), kind ('vit_npz' |
+'checkpoint'), inflation ('central_frame' | 'average'), load_head (False: the head is re-created
+for the new classes).
+
+§5.2: "The weights of the initial convolutional layers to handle image patches (e.g., 16x16) are
+processed to handle 16x16x2 video patches by following the 3D initialization strategies of ViViT,
+and the weights of the Transformer and the TokenLearner layers were directly adopted." So:
+- `embedding/kernel` `[p, p, 3, D]` -> `[t, p, p, 3, D]`: 'central_frame' puts it at time t // 2
+  (zeros elsewhere), 'average' repeats it over time divided by t (a static clip then embeds as
+  the image does).
+- `pos_embedding` `[1, (1+) h*w, D]`: the grid part bilinearly resized to the target grid and tiled
+  over the T' temporal slices; the CLS entry kept, added (zeros) or dropped with `cls`.
+- TokenLearner / fuser parameters (`Transformer/tokenlearner_*`, `fuser_*`) are loaded when the
+  source has them and kept freshly initialised otherwise (ViT checkpoints have none).
+- `head` (and `pre_logits` when absent or of another width) keep their fresh initialisation.
+Anything else must match in shape; a mismatch is a ValueError naming the parameter and both shapes.
+
+Key layouts read: vit_jax (`Transformer/encoderblock_{i}/MlpBlock_3/...`, as this project's
+models), big_vision (`params/` prefix, top-level `pos_embedding`, `MlpBlock_0` / `LayerNorm_1` /
+`MultiHeadDotProductAttention_0`, or a scanned `encoderblock` with a leading layer axis).
+"""
+import os
+import re
+from typing import Dict
+
+from absl import logging
+import jax
+import numpy as np
+
+from token_learner.model_config import ModelConfig
+
+KINDS = ('vit_npz', 'checkpoint')
+INFLATIONS = ('central_frame', 'average')
+_POSEMB = 'Transformer/posembed_input/pos_embedding'
+# Parameters that belong to the new task or module and keep their fresh initialisation when the
+# source lacks them (or, for the head, always unless load_head).
+_FRESH = re.compile(r'^(head|pre_logits)/|^Transformer/(tokenlearner|fuser)_\d+/')
+
+
+def flatten(tree, prefix='') -> Dict[str, np.ndarray]:
+  """Nested dict -> {'a/b/c': array}."""
+  flat = {}
+  for k, v in tree.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict) or hasattr(v, 'items'):
+      flat.update(flatten(v, key + '/'))
+    else:
+      flat[key] = np.asarray(v)
+  return flat
+
+
+def unflatten(flat: Dict[str, np.ndarray]):
+  """{'a/b/c': array} -> nested dict."""
+  tree = {}
+  for key, v in flat.items():
+    node = tree
+    *path, last = key.split('/')
+    for p in path:
+      node = node.setdefault(p, {})
+    node[last] = v
+  return tree
+
+
+def save_npz(path: str, params):
+  """Writes params as a flat `.npz` (keys joined by '/'), the layout `init_from` reads."""
+  with open(path, 'wb') as f:
+    np.savez(f, **flatten(jax.device_get(params)))
+
+
+def _canonical_keys(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """big_vision names and scanned layers -> the vit_jax layout of this project's models."""
+  out = {}
+  for key, v in flat.items():
+    key = re.sub(r'^params/', '', key)
+    if key == 'pos_embedding':
+      key = _POSEMB
+    m = re.match(r'^Transformer/encoderblock/(.*)$', key)
+    if m:  # Scanned layers: leading axis = layer.
+      for i in range(v.shape[0]):
+        out.update(_canonical_keys({f'Transformer/encoderblock_{i}/{m.group(1)}': v[i]}))
+      continue
+    if re.match(r'^Transformer/encoderblock_\d+/', key):
+      for old, new in (('MultiHeadDotProductAttention_0', 'MultiHeadDotProductAttention_1'),
+                       ('LayerNorm_1', 'LayerNorm_2'), ('MlpBlock_0', 'MlpBlock_3')):
+        key = key.replace(f'/{old}/', f'/{new}/')
+    out[key] = v
+  return out
+
+
+def _resolve_checkpoint_dir(path: str) -> str:
+  """workdir | workdir/checkpoints | .../checkpoints/<step> | .../<step>/default -> item dir."""
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  steps = [d for d in os.listdir(path) if d.isdigit()]
+  if steps:
+    path = os.path.join(path, max(steps, key=int))
+  if os.path.isdir(os.path.join(path, 'default')):
+    path = os.path.join(path, 'default')
+  return path
+
+
+def load_flat(path: str, kind: str) -> Dict[str, np.ndarray]:
+  """Reads a `.npz` (either kind) or an orbax checkpoint (kind 'checkpoint') into {key: array}."""
+  if kind not in KINDS:
+    raise ValueError(f'config.init_from.kind={kind!r} is not one of {list(KINDS)}')
+  if path.endswith('.npz'):
+    with open(path, 'rb') as f, np.load(f) as data:
+      flat = {k: np.asarray(data[k]) for k in data.files}
+  elif kind == 'checkpoint':
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    restored = ocp.StandardCheckpointer().restore(os.path.abspath(_resolve_checkpoint_dir(path)))
+    flat = flatten(jax.device_get(restored.get('params', restored)))
+  else:
+    raise ValueError(f"config.init_from.path={path!r}: kind 'vit_npz' needs a .npz file")
+  return _canonical_keys(flat)
+
+
+def inflate_kernel(kernel, t: int, how: str):
+  """`[p, p, c, D]` 2D patch kernel -> `[t, p, p, c, D]` tubelet kernel (ViViT's 3D init)."""
+  if how == 'average':
+    return np.repeat(kernel[None], t, axis=0) / t
+  if how == 'central_frame':
+    out = np.zeros((t, *kernel.shape), kernel.dtype)
+    out[t // 2] = kernel
+    return out
+  raise ValueError(f'config.init_from.inflation={how!r} is not one of {list(INFLATIONS)}')
+
+
+def _resize_grid(grid, shape, name):
+  """`[h, w, D]` -> `[H, W, D]` by bilinear interpolation (identity when the size is equal)."""
+  if grid.shape[:2] == tuple(shape):
+    return grid
+  logging.info('Resizing %s grid %s -> %s', name, grid.shape[:2], tuple(shape))
+  resized = jax.image.resize(grid, (*shape, grid.shape[-1]), method='bilinear')
+  return np.asarray(resized, grid.dtype)
+
+
+def resize_posemb(posemb, target_shape, *, source_cls: bool, target_cls: bool,
+                  target_grid, source_grid=None, name=_POSEMB):
+  """Maps a position embedding onto another token grid.
+
+  Args:
+    posemb: `[1, (1+) N, D]` source embedding.
+    target_shape: `[1, (1+) T'*H*W, D]`.
+    source_cls / target_cls: whether entry 0 is a CLS token's.
+    target_grid: `(T', H, W)` of the target.
+    source_grid: `(T, h, w)` of the source; None: a square image grid `(1, s, s)`.
+    name: for error messages.
+
+  Returns:
+    `[1, (1+) T'*H*W, D]`: spatial part resized bilinearly per time slice and tiled (T == 1) or
+    linearly resampled (T > 1) over time; CLS entry kept, zero-filled or dropped.
+  """
+  d = posemb.shape[-1]
+  if posemb.ndim != 3 or d != target_shape[-1]:
+    raise ValueError(f'{name}: checkpoint shape {posemb.shape} cannot map to model shape '
+                     f'{tuple(target_shape)}')
+  cls, grid = (posemb[:, :1], posemb[0, 1:]) if source_cls else (None, posemb[0])
+  n = grid.shape[0]
+  if source_grid is None:
+    side = int(round(np.sqrt(n)))
+    if side * side != n:
+      raise ValueError(f'{name}: checkpoint shape {posemb.shape} has {n} grid positions, not a '
+                       f'square; model shape {tuple(target_shape)}')
+    source_grid = (1, side, side)
+  if int(np.prod(source_grid)) != n:
+    raise ValueError(f'{name}: checkpoint shape {posemb.shape} does not hold a {source_grid} '
+                     f'grid; model shape {tuple(target_shape)}')
+  tt, th, tw = target_grid
+  grid = grid.reshape(*source_grid, d)
+  grid = np.stack([_resize_grid(g, (th, tw), name) for g in grid])  # [T, H, W, D]
+  if grid.shape[0] == 1:
+    grid = np.repeat(grid, tt, axis=0)  # ViViT: the image embedding repeated for every slice.
+  elif grid.shape[0] != tt:
+    grid = np.asarray(jax.image.resize(grid, (tt, th, tw, d), method='linear'), grid.dtype)
+  out = grid.reshape(1, tt * th * tw, d)
+  if target_cls:
+    cls = np.zeros((1, 1, d), posemb.dtype) if cls is None else cls
+    out = np.concatenate([cls, out], axis=1)
+  if out.shape != tuple(target_shape):
+    raise ValueError(f'{name}: checkpoint shape {posemb.shape} mapped to {out.shape}, model '
+                     f'shape {tuple(target_shape)}')
+  return out
+
+
+def _source_grid(src, model_cfg: ModelConfig, source_cls: bool):
+  """The (T, h, w) grid of the source's posemb: video sources share the model's spatial grid."""
+  kernel = src.get('embedding/kernel')
+  if kernel is None or kernel.ndim != 5 or _POSEMB not in src:
+    return None  # An image source: a square grid.
+  n = src[_POSEMB].shape[1] - int(source_cls)
+  _, h, w = model_cfg.grid_shape
+  if n % (h * w):
+    raise ValueError(f'{_POSEMB}: a video checkpoint with {n} positions cannot be mapped onto '
+                     f'the model grid {model_cfg.grid_shape} (the spatial grid must be equal)')
+  return (n // (h * w), h, w)
+
+
+def map_params(params, src: Dict[str, np.ndarray], model_cfg: ModelConfig,
+               inflation: str = 'central_frame', load_head: bool = False):
+  """Returns `params` (the model's fresh init) with every mappable parameter taken from `src`."""
+  target = flatten(jax.device_get(params))
+  source_cls, target_cls = 'cls' in src, 'cls' in target
+  out = {}
+  for key, init in target.items():
+    value = src.get(key)
+    if key.startswith('head/') and not load_head:
+      out[key] = init  # A new task: a new head.
+      continue
+    if _FRESH.match(key) and (value is None or value.shape != init.shape):
+      if value is not None:
+        logging.info('Re-creating %s: checkpoint %s, model %s', key, value.shape, init.shape)
+      out[key] = init
+      continue
+    if key == 'cls' and value is None:
+      out[key] = np.zeros_like(init)  # The ViViT convention for a CLS the source lacks.
+      continue
+    if value is None:
+      raise ValueError(f'{key}: missing from the checkpoint (model shape {init.shape})')
+    if key == 'embedding/kernel' and value.ndim == 4 and init.ndim == 5:
+      if value.shape != init.shape[1:]:
+        raise ValueError(f'{key}: checkpoint shape {value.shape} cannot be inflated to model '
+                         f'shape {init.shape}')
+      value = inflate_kernel(value, init.shape[0], inflation)
+    elif key == _POSEMB and value.shape != init.shape:
+      value = resize_posemb(value, init.shape, source_cls=source_cls, target_cls=target_cls,
+                            target_grid=model_cfg.grid_shape,
+                            source_grid=_source_grid(src, model_cfg, source_cls))
+    elif key == _POSEMB and source_cls != target_cls:
+      raise ValueError(f'{key}: checkpoint (CLS={source_cls}) and model (CLS={target_cls}) have '
+                       f'the same shape {init.shape} but different layouts')
+    if value.shape != init.shape:
+      raise ValueError(f'{key}: checkpoint shape {value.shape} does not match model shape '
+                       f'{init.shape}')
+    out[key] = value.astype(init.dtype)
+  unused = sorted(set(src) - set(out))
+  if unused:
+    logging.info('Checkpoint parameters not used by the model: %s', unused)
+  return jax.tree.map(np.asarray, unflatten(out))
+
+
+def init_from(params, init_cfg, model_cfg: ModelConfig):
+  """Applies `config.init_from` to freshly initialised `params`; a no-op if `path` is empty.
+
+  Args:
+    params: the model's initial parameters (nested dict, e.g. from `model.init`).
+    init_cfg: ConfigDict / dict with path, kind, inflation (default 'central_frame'), load_head.
+    model_cfg: the target model's ModelConfig (grid shape for the position embedding).
+
+  Returns:
+    A nested dict of numpy arrays shaped like `params`.
+  """
+  if init_cfg is None or not init_cfg.get('path'):
+    return params
+  path, kind = init_cfg['path'], init_cfg.get('kind', 'vit_npz')
+  inflation = init_cfg.get('inflation', 'central_frame')
+  if inflation not in INFLATIONS:
+    raise ValueError(f'config.init_from.inflation={inflation!r} is not one of {list(INFLATIONS)}')
+  logging.info('Initialising from %s (%s, inflation %s)', path, kind, inflation)
+  return map_params(params, load_flat(path, kind), model_cfg, inflation,
+                    bool(init_cfg.get('load_head', False)))
