@@ -38,6 +38,7 @@ import functools
 import itertools
 import math
 import struct
+import threading
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -284,14 +285,16 @@ def _dmvr_source(opts: _Options, pattern: str, field: str) -> _Source:
     raise ValueError(f'config.dataset.{field} must be set for dataset {opts.name!r}')
   records = index_tfrecords(pattern)
   files = {}
+  lock = threading.Lock()  # tf.data's generator thread and error diagnosis share the handles.
 
   def read(i):
     path, offset, length, _ = records[i]
-    if path not in files:  # One open handle per file, reused.
-      files[path] = tf.io.gfile.GFile(path, 'rb')
-    f = files[path]
-    f.seek(offset)
-    return (f.read(length),)
+    with lock:
+      if path not in files:  # One open handle per file, reused.
+        files[path] = tf.io.gfile.GFile(path, 'rb')
+      f = files[path]
+      f.seek(offset)
+      return (f.read(length),)
   return _Source(f'{opts.name} {pattern!r}', len(records), opts.num_classes, 'serialized', read,
                  lambda i: f'{records[i][0]} record {records[i][3]}')
 
@@ -343,10 +346,13 @@ def _take(source: _Source, frames, indices):
 
 
 def _labels(ids, where, opts: _Options, num_classes: int):
+  in_range = tf.reduce_all((ids >= 0) & (ids < num_classes))
+  check = tf.debugging.Assert(in_range, [f'label ids outside [0, {num_classes}):', ids, where])
+  with tf.control_dependencies([check]):
+    ids = tf.identity(ids)
   if opts.multi_label:
     # Multi-hot [K]; a video with no label is all zeros (a negative for every class).
-    return tf.reduce_max(tf.one_hot(ids, num_classes, dtype=tf.float32), axis=0) + tf.zeros(
-        [num_classes])
+    return tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes, dtype=tf.float32), axis=0), 1.0)
   check = tf.debugging.Assert(tf.size(ids) > 0, ['video without a label:', where])
   with tf.control_dependencies([check]):
     return tf.cast(ids[0], tf.int32)

@@ -72,6 +72,16 @@ def test_dmvr_eval_reads_labels_and_loops_short_video(dmvr):
   assert info.image_shape == (4, 16, 16, 3)
 
 
+def test_label_edge_cases_multi_label_empty_and_out_of_range(tmp_path):
+  path = _write(tmp_path / 'labels.tfrecord', [_record([_jpeg(10)] * 2, []),
+                                               _record([_jpeg(10)] * 2, [1, 1])])
+  b = next(vp.create_eval_iterator(_config(path, multi_label=True, eval_batch_size=2)))
+  np.testing.assert_array_equal(b['labels'], [[0, 0, 0, 0], [0, 1, 0, 0]])
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r'labels\.tfrecord record 1'):
+    list(vp.create_eval_iterator(_config(path, num_classes=1, multi_label=True,
+                                         eval_batch_size=2)))
+
+
 def test_dmvr_train_clip_is_looped_and_multi_label(dmvr):
   config = _config(dmvr, multi_label=True)
   batch = next(vp.create_train_iterator(config))
