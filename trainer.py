@@ -15,9 +15,11 @@ Config fields read here (defaults in `DEFAULTS` for fields a config may omit):
   seed, batch_size (global), eval_batch_size (global), num_train_steps (or num_epochs),
   optimizer ('adamw' | 'adam' | 'momentum' | 'sgd'), momentum (of 'momentum'), learning_rate,
   lr_schedule ('cosine' | 'linear'), warmup_steps, weight_decay, grad_clip_norm, label_smoothing, mixup_alpha,
-  grad_accum_steps, loss ('softmax_xent'), log_every_steps, eval_every_steps,
-  checkpoint_every_steps, keep_checkpoints, profile_steps, sharding_rules, plus `config.model`
-  (token_learner.ModelConfig) and `config.dataset` (input_pipeline).
+  grad_accum_steps, loss ('softmax_xent' | 'sigmoid_xent'), eval_average ('logits' | 'probs',
+  how a video's eval views are merged), log_every_steps, eval_every_steps,
+  checkpoint_every_steps, keep_checkpoints, profile_steps, sharding_rules, init_from (see
+  token_learner.pretrained), plus `config.model` (token_learner.ModelConfig) and
+  `config.dataset` (input_pipeline, or video_pipeline for video datasets).
 """
 import dataclasses
 import functools
@@ -46,7 +48,10 @@ import orbax.checkpoint as ocp
 
 import input_pipeline
 from token_learner import ModelConfig, build_model
+from token_learner import metrics as video_metrics
+from token_learner import pretrained
 from token_learner.flops import count_flops_and_params
+import video_pipeline
 
 P = jax.sharding.PartitionSpec
 NamedSharding = jax.sharding.NamedSharding
@@ -69,6 +74,7 @@ DEFAULTS = dict(
     mixup_alpha=0.0,
     grad_accum_steps=1,
     loss='softmax_xent',
+    eval_average='logits',
     log_every_steps=50,
     eval_every_steps=0,
     checkpoint_every_steps=0,
@@ -77,7 +83,7 @@ DEFAULTS = dict(
     sharding_rules=(),
 )
 # Top-level fields that other parts of the system own.
-OTHER_FIELDS = ('seed', 'batch_size', 'eval_batch_size', 'model', 'dataset')
+OTHER_FIELDS = ('seed', 'batch_size', 'eval_batch_size', 'model', 'dataset', 'init_from')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +108,7 @@ class TrainConfig:
   mixup_alpha: float
   grad_accum_steps: int
   loss: str
+  eval_average: str
   log_every_steps: int
   eval_every_steps: int
   checkpoint_every_steps: int
@@ -188,6 +195,7 @@ class TrainConfig:
         mixup_alpha=number('mixup_alpha'),
         grad_accum_steps=accum,
         loss=choice('loss', tuple(LOSSES)),
+        eval_average=choice('eval_average', video_metrics.AVERAGES),
         log_every_steps=integer('log_every_steps', 1),
         eval_every_steps=integer('eval_every_steps', 0),
         checkpoint_every_steps=integer('checkpoint_every_steps', 0),
@@ -198,21 +206,27 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Losses and metrics. A task is an entry in LOSSES (per-example training loss on dense targets)
-# and EVAL_METRICS (a clu Collection built from logits, labels, loss and mask).
+# and EVAL_METRICS (a clu Collection built from logits, labels, loss and mask); a loss in
+# MULTI_LABEL_LOSSES also gets the mAP over the eval set.
 # ----------------------------------------------------------------------------------------------
-def softmax_xent(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def softmax_xent(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0):
   """Per-example softmax cross-entropy. logits, targets: [B, C] -> [B]."""
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / targets.shape[-1]
   return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
-def dense_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0):
-  """Integer labels [B] -> smoothed one-hot [B, C]; dense [B, C] labels pass through."""
+def dense_targets(labels: jax.Array, num_classes: int):
+  """Integer labels [B] -> one-hot [B, C]; dense (e.g. multi-hot) [B, C] labels pass through."""
   if labels.ndim == 1:
     labels = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  labels = labels.astype(jnp.float32)
-  if label_smoothing:
-    labels = labels * (1.0 - label_smoothing) + label_smoothing / num_classes
-  return labels
+  return labels.astype(jnp.float32)
+
+
+def top1_hits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """[B] 1.0 where the top-scoring class is a (the highest-weighted) target class."""
+  predicted = jnp.take_along_axis(targets, jnp.argmax(logits, -1)[:, None], axis=-1)[:, 0]
+  return ((predicted == targets.max(-1)) & (predicted > 0)).astype(jnp.float32)
 
 
 def mixup(rng: jax.Array, inputs: jax.Array, targets: jax.Array, alpha: float):
@@ -232,30 +246,41 @@ class MeanLoss(metrics.Average):
 
 
 @flax.struct.dataclass
-class TopKAccuracy(metrics.Average):
-  """Top-5 accuracy: the label is among the 5 highest logits."""
-  k = 5
+class Top1Accuracy(metrics.Average):
+  """Top-1 accuracy; for multi-hot labels: the top class is one of the positives."""
 
   @classmethod
-  def from_model_output(cls, *, logits, labels, mask=None, **_):
-    _, top = jax.lax.top_k(logits, min(cls.k, logits.shape[-1]))
-    hit = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-    return cls(**vars(metrics.Average.from_model_output(hit, mask=mask)))
+  def from_model_output(cls, *, logits, targets, mask=None, **_):
+    return cls(**vars(metrics.Average.from_model_output(top1_hits(logits, targets), mask=mask)))
+
+
+@flax.struct.dataclass
+class Top5Accuracy(metrics.Average):
+  """Top-5 accuracy: the label is among the 5 highest logits."""
+
+  @classmethod
+  def from_model_output(cls, *, logits, targets, mask=None, **_):
+    _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+    hit = jnp.take_along_axis(targets, top, axis=-1).max(-1) > 0
+    return cls(**vars(metrics.Average.from_model_output(hit.astype(jnp.float32), mask=mask)))
 
 
 @flax.struct.dataclass
 class ClassificationMetrics(metrics.Collection):
   loss: MeanLoss
-  accuracy: metrics.Accuracy
-  top5_accuracy: TopKAccuracy
+  accuracy: Top1Accuracy
+  top5_accuracy: Top5Accuracy
 
 
-LOSSES: Dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+LOSSES: Dict[str, Callable[..., jax.Array]] = {
     'softmax_xent': softmax_xent,
+    'sigmoid_xent': video_metrics.sigmoid_xent,
 }
 EVAL_METRICS: Dict[str, type] = {
     'softmax_xent': ClassificationMetrics,
+    'sigmoid_xent': ClassificationMetrics,
 }
+MULTI_LABEL_LOSSES = ('sigmoid_xent',)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,16 +410,15 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   rng = jax.random.fold_in(rng, state.step)
   mixup_rng, dropout_rng = jax.random.split(rng)
   inputs = batch['inputs']
-  targets = dense_targets(batch['labels'], cfg.num_classes, cfg.label_smoothing)
+  targets = dense_targets(batch['labels'], cfg.num_classes)
   if cfg.mixup_alpha > 0:
     inputs, targets = mixup(mixup_rng, inputs, targets, cfg.mixup_alpha)
-  loss_per_example = LOSSES[cfg.loss]
+  loss_per_example = functools.partial(LOSSES[cfg.loss], label_smoothing=cfg.label_smoothing)
 
   def loss_fn(params, x, y, dropout_key):
     logits, _ = model.apply({'params': params}, x, train=True, rngs={'dropout': dropout_key})
     logits = logits.astype(jnp.float32)
-    correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
-    return jnp.mean(loss_per_example(logits, y)), correct
+    return jnp.mean(loss_per_example(logits, y)), jnp.sum(top1_hits(logits, y))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   k = cfg.grad_accum_steps
@@ -408,7 +432,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
       (loss, correct), grads = grad_fn(state.params, *micro)
       return jax.tree.map(jnp.add, carry, (loss, correct, grads)), None
 
-    zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
              jax.tree.map(jnp.zeros_like, state.params))
     micro_batches = (split(inputs), split(targets), jax.random.split(dropout_rng, k))
     (loss, correct, grads), _ = jax.lax.scan(accumulate, zeros, micro_batches)
@@ -422,15 +446,35 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   return new_state, metrics_
 
 
-def eval_step(params, batch: Dict[str, jax.Array], eval_metrics, *, model, cfg: TrainConfig):
-  """Adds one global batch {'inputs', 'labels', 'mask'} to the running `eval_metrics`."""
-  logits, _ = model.apply({'params': params}, batch['inputs'], train=False)
+def eval_step(params, batch: Dict[str, jax.Array], eval_metrics, *, model, cfg: TrainConfig,
+              example_ndim: int):
+  """Adds one global batch {'inputs', 'labels', 'mask'} to the running `eval_metrics`.
+
+  Video eval batches carry V views per video, inputs [B, V, T, H, W, 3]: the model sees every
+  view and the V predictions are merged (`config.eval_average`) before any metric.
+
+  Returns:
+    (eval_metrics, scores): scores [B, K] (the merged predictions) for multi-label losses, whose
+    mAP ranks over the whole eval set, else None.
+  """
+  inputs = batch['inputs']
+  multi_view = inputs.ndim == example_ndim + 2
+  if multi_view:
+    b, v = inputs.shape[:2]
+    inputs = inputs.reshape(b * v, *inputs.shape[2:])
+  logits, _ = model.apply({'params': params}, inputs, train=False)
   logits = logits.astype(jnp.float32)
+  multi_label = cfg.loss in MULTI_LABEL_LOSSES
+  scores = logits
+  if multi_view:
+    logits = logits.reshape(b, v, -1)
+    scores = video_metrics.average_views(logits, cfg.eval_average, multi_label)
+    logits = video_metrics.average_views(logits, 'logits')
   targets = dense_targets(batch['labels'], cfg.num_classes)
   loss = LOSSES[cfg.loss](logits, targets)
   update = EVAL_METRICS[cfg.loss].single_from_model_output(
-      logits=logits, labels=batch['labels'], loss=loss, mask=batch['mask'])
-  return eval_metrics.merge(update)
+      logits=scores, targets=targets, loss=loss, mask=batch['mask'])
+  return eval_metrics.merge(update), (scores if multi_label else None)
 
 
 def compile_train_step(model, tx, cfg: TrainConfig, mesh, state_shardings):
@@ -442,9 +486,9 @@ def compile_train_step(model, tx, cfg: TrainConfig, mesh, state_shardings):
                  donate_argnums=0)
 
 
-def compile_eval_step(model, cfg: TrainConfig, mesh, params_shardings):
+def compile_eval_step(model, cfg: TrainConfig, mesh, params_shardings, example_ndim: int):
   replicated = NamedSharding(mesh, P())
-  return jax.jit(functools.partial(eval_step, model=model, cfg=cfg),
+  return jax.jit(functools.partial(eval_step, model=model, cfg=cfg, example_ndim=example_ndim),
                  in_shardings=(params_shardings, NamedSharding(mesh, P('data')), replicated),
                  out_shardings=replicated)
 
@@ -452,6 +496,11 @@ def compile_eval_step(model, cfg: TrainConfig, mesh, params_shardings):
 # ----------------------------------------------------------------------------------------------
 # Input: per-process numpy batches -> global arrays, one batch ahead in a background thread.
 # ----------------------------------------------------------------------------------------------
+def data_pipeline(config):
+  """The input module serving `config.dataset`: video_pipeline or input_pipeline."""
+  return video_pipeline if video_pipeline.is_video_dataset(config) else input_pipeline
+
+
 def make_global_batch(local_batch: Dict[str, np.ndarray], sharding: NamedSharding):
   """Assembles the process-local rows of every process into one global jax.Array per key."""
   def to_global(x):
@@ -506,16 +555,23 @@ def evaluate(eval_step_fn, params, config, mesh, cfg: TrainConfig) -> Dict[str, 
   """Runs the whole eval split; padding (mask 0) is excluded, every example counted once."""
   sharding = NamedSharding(mesh, P('data'))
   eval_metrics = jax.device_put(EVAL_METRICS[cfg.loss].empty(), NamedSharding(mesh, P()))
-  batches = Prefetcher(input_pipeline.create_eval_iterator(
+  accumulator = video_metrics.MultiLabelAccumulator()
+  batches = Prefetcher(data_pipeline(config).create_eval_iterator(
       config, process_index=jax.process_index(), process_count=jax.process_count()), sharding)
   try:
     for batch in batches:
-      eval_metrics = eval_step_fn(params, batch, eval_metrics)
+      eval_metrics, scores = eval_step_fn(params, batch, eval_metrics)
+      if scores is not None:  # Replicated, like the labels gathered here.
+        labels = multihost_utils.process_allgather(batch['labels'], tiled=True)
+        mask = multihost_utils.process_allgather(batch['mask'], tiled=True)
+        accumulator.update(np.asarray(scores), np.asarray(labels), mask)
   finally:
     batches.close()
   eval_metrics = jax.device_get(eval_metrics)  # Replicated: every process holds the total.
   result = {k: float(v) for k, v in eval_metrics.compute().items()}
   result['num_examples'] = int(eval_metrics.accuracy.count)
+  if accumulator.count:
+    result['map'] = accumulator.result()
   return result
 
 
@@ -566,6 +622,16 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state):
                        f'into this config (last error: {failures[-1][1]}). Use a new workdir or '
                        'remove the checkpoints.')
   return None, manager
+
+
+def load_pretrained(params, init_cfg, model_cfg: ModelConfig):
+  """`params` (sharded) with the weights of `config.init_from` (token_learner.pretrained)."""
+  host_params = multihost_utils.process_allgather(params, tiled=True)
+  host_params = pretrained.init_from(host_params, init_cfg, model_cfg)
+  return jax.tree.map(
+      lambda x, old: jax.make_array_from_callback(
+          old.shape, old.sharding, lambda index, x=x: np.asarray(x, old.dtype)[index]),
+      host_params, params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -655,13 +721,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   start_time = time.time()
   model_cfg = ModelConfig.from_config(config)
-  info = input_pipeline.get_dataset_info(config)
+  info = data_pipeline(config).get_dataset_info(config)
   mesh = create_mesh(devices)
   cfg = TrainConfig.from_config(config, num_train_examples=info.num_train,
                                 num_classes=model_cfg.num_classes, num_devices=mesh.size)
   if info.num_classes != model_cfg.num_classes:
     raise ValueError(f'config.model.num_classes={model_cfg.num_classes} but dataset '
                      f'{config.dataset.name!r} has {info.num_classes} classes')
+  if getattr(info, 'multi_label', False) != (cfg.loss in MULTI_LABEL_LOSSES):
+    raise ValueError(f'config.loss={cfg.loss!r} does not fit the dataset (multi_label='
+                     f'{getattr(info, "multi_label", False)}); use one of '
+                     f'{list(MULTI_LABEL_LOSSES)} exactly for multi-label data')
 
   model = build_model(model_cfg)
   learning_rate_fn = create_learning_rate_fn(cfg)
@@ -677,20 +747,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if state is None:
     state, _ = create_train_state(init_rng, model, tx, model_cfg.input_shape, mesh,
                                   cfg.sharding_rules)
+    if config.get('init_from') and config.init_from.get('path'):
+      state = state.replace(params=load_pretrained(state.params, config.init_from, model_cfg))
   step = int(state.step)
 
   gflops, num_params = count_flops_and_params(model_cfg)
   _log_setup(config, model_cfg, cfg, mesh, info, state, gflops, num_params)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   p_train_step = compile_train_step(model, tx, cfg, mesh, state_shardings)
-  p_eval_step = compile_eval_step(model, cfg, mesh, state_shardings.params)
+  p_eval_step = compile_eval_step(model, cfg, mesh, state_shardings.params,
+                                  len(model_cfg.input_shape))
 
   hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.num_train_steps, writer=writer)]
   if cfg.profile_steps and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=cfg.profile_steps))
   train_logger = _TrainLogger(writer, cfg, learning_rate_fn, cfg.batch_size)
   eval_metrics = {}
-  batches = Prefetcher(input_pipeline.create_train_iterator(
+  batches = Prefetcher(data_pipeline(config).create_train_iterator(
       config, start_step=step, process_index=jax.process_index(),
       process_count=jax.process_count()), NamedSharding(mesh, P('data')))
   if step:
