@@ -337,6 +337,12 @@ def create_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.
   return jax.sharding.Mesh(np.asarray(devices), ('data',))
 
 
+def replicated_keys(seed: int, mesh: jax.sharding.Mesh):
+  """(init_rng, dropout_rng) from `seed`, as global arrays replicated over the mesh."""
+  keys = lambda: tuple(jax.random.split(jax.random.key(seed)))
+  return jax.jit(keys, out_shardings=NamedSharding(mesh, P()))()
+
+
 def _path_str(path) -> str:
   parts = []
   for key in path:
@@ -554,7 +560,7 @@ class Prefetcher:
 def evaluate(eval_step_fn, params, config, mesh, cfg: TrainConfig) -> Dict[str, float]:
   """Runs the whole eval split; padding (mask 0) is excluded, every example counted once."""
   sharding = NamedSharding(mesh, P('data'))
-  eval_metrics = jax.device_put(EVAL_METRICS[cfg.loss].empty(), NamedSharding(mesh, P()))
+  eval_metrics = jax.jit(EVAL_METRICS[cfg.loss].empty, out_shardings=NamedSharding(mesh, P()))()
   accumulator = video_metrics.MultiLabelAccumulator()
   batches = Prefetcher(data_pipeline(config).create_eval_iterator(
       config, process_index=jax.process_index(), process_count=jax.process_count()), sharding)
@@ -736,8 +742,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   model = build_model(model_cfg)
   learning_rate_fn = create_learning_rate_fn(cfg)
   tx = create_optimizer(cfg, learning_rate_fn)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(cfg.seed))
-  dropout_rng = jax.device_put(dropout_rng, NamedSharding(mesh, P()))
+  init_rng, dropout_rng = replicated_keys(cfg.seed, mesh)
 
   os.makedirs(workdir, exist_ok=True)
   manager = create_checkpoint_manager(workdir, cfg)

@@ -58,8 +58,9 @@ def _prepare(config, devices):
                                         num_devices=mesh.size)
   model = build_model(model_cfg)
   tx = trainer.create_optimizer(cfg, trainer.create_learning_rate_fn(cfg))
+  init_rng, _ = trainer.replicated_keys(0, mesh)
   state, shardings = trainer.create_train_state(
-      jax.random.key(0), model, tx, model_cfg.input_shape, mesh, cfg.sharding_rules)
+      init_rng, model, tx, model_cfg.input_shape, mesh, cfg.sharding_rules)
   step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
   return dict(model=model, mesh=mesh, cfg=cfg, state=state, step=step, shardings=shardings)
 
@@ -67,7 +68,7 @@ def _prepare(config, devices):
 def _run_steps(config, devices, num_steps):
   setup = _prepare(config, devices)
   mesh, state = setup['mesh'], setup['state']
-  rng = jax.device_put(jax.random.key(1), jax.NamedSharding(mesh, P()))
+  _, rng = trainer.replicated_keys(1, mesh)
   batches = input_pipeline.create_train_iterator(config)
   losses = []
   for _ in range(num_steps):
@@ -78,10 +79,14 @@ def _run_steps(config, devices, num_steps):
   return losses, jax.device_get(state.params), state
 
 
-def _restore_params(workdir, step):
+def restore_params(workdir, step):
+  """The params of checkpoint `step` as numpy, whatever topology wrote it."""
   path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-  restored = ocp.StandardCheckpointer().restore(path)
-  return jax.device_get(restored['params'])
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        dict(checkpointer.metadata(path).item_metadata.tree))
+  return jax.device_get(checkpointer.restore(path, target)['params'])
 
 
 def _assert_trees_equal(a, b):
@@ -122,7 +127,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
   assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2']
   monkeypatch.setattr(input_pipeline, 'create_train_iterator', create)
   trainer.train_and_evaluate(config, interrupted)
-  _assert_trees_equal(_restore_params(uninterrupted, 6), _restore_params(interrupted, 6))
+  _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
 
   # A corrupt newest checkpoint is skipped for the previous one; the result is still the same.
   for path in glob.glob(os.path.join(interrupted, 'checkpoints', '6', '**', '*'), recursive=True):
@@ -130,7 +135,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
       with open(path, 'wb') as f:
         f.write(b'garbage')
   trainer.train_and_evaluate(config, interrupted)
-  _assert_trees_equal(_restore_params(uninterrupted, 6), _restore_params(interrupted, 6))
+  _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
   assert any('corrupt' in d for d in os.listdir(os.path.join(interrupted, 'checkpoints')))
 
   # So is one with files missing.
@@ -138,7 +143,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
     if os.path.isfile(path):
       os.remove(path)
   assert trainer.train_and_evaluate(config, interrupted)['step'] == 6
-  _assert_trees_equal(_restore_params(uninterrupted, 6), _restore_params(interrupted, 6))
+  _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
 
 
 def test_eight_devices_match_one_device():
@@ -219,7 +224,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
   with pytest.raises(FloatingPointError, match='at step 5'):
     trainer.train_and_evaluate(tiny_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
-  params = _restore_params(workdir, 4)
+  params = restore_params(workdir, 4)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

@@ -1,0 +1,63 @@
+"""Two processes (jax.distributed on localhost, gloo) x 2 CPU devices == one process x 4 devices."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import trainer
+from tests import test_trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDES = {
+    'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
+    'batch_size': 16, 'eval_batch_size': 64, 'num_train_steps': 4, 'warmup_steps': 2,
+    'log_every_steps': 2, 'eval_every_steps': 0, 'checkpoint_every_steps': 2,
+    'keep_checkpoints': 5,
+}
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  port = _free_port()
+  workdir = str(tmp_path / 'two')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2 '
+                       '--xla_backend_optimization_level=0')
+  command = [sys.executable, 'main.py', '--config=configs/digits_tokenlearner.py',
+             f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
+             '--num_processes=2']
+  command += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  processes = [subprocess.Popen(command + [f'--process_id={i}'], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+  outputs = []
+  for p in processes:
+    try:
+      outputs.append(p.communicate(timeout=240)[0])
+    except subprocess.TimeoutExpired:
+      for q in processes:
+        q.kill()
+      pytest.fail('multi-process run timed out')
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+  two = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert two['num_processes'] == 2 and two['num_devices'] == 4
+
+  one_dir = str(tmp_path / 'one')
+  one = trainer.train_and_evaluate(test_trainer.tiny_config(**OVERRIDES), one_dir,
+                                   devices=jax.devices()[:4])
+  assert two['final_metrics']['eval_num_examples'] == one['eval_num_examples'] == 360
+  for key in ('eval_loss', 'eval_accuracy', 'train_loss'):
+    assert two['final_metrics'][key] == pytest.approx(one[key], abs=1e-5), key
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               test_trainer.restore_params(workdir, 4), test_trainer.restore_params(one_dir, 4))
