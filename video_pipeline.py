@@ -98,11 +98,24 @@ class _Options:
   directions: int  # moving_digits only
 
 
+# config.dataset fields read here, plus `shuffle_buffer` (accepted, unused: the train order is a
+# full permutation per epoch, not a buffer shuffle).
+_FIELDS = ('name', 'num_classes', 'multi_label', 'num_frames', 'stride', 'image_size',
+           'eval_clips', 'eval_crops', 'eval_short_side', 'crop_min_area', 'augment',
+           'random_flip', 'mean', 'std', 'file_pattern_train', 'file_pattern_eval', 'frames_key',
+           'label_key', 'tfds_name', 'data_dir', 'train_split', 'eval_split', 'directions',
+           'shuffle_buffer')
+
+
 def _options(config) -> _Options:
   ds = config.dataset
   name = ds.get('name', 'moving_digits')
   if name not in NAMES:
     raise ValueError(f'config.dataset.name={name!r} is not a video dataset {list(NAMES)}')
+  unknown = sorted(set(ds.keys()) - set(_FIELDS))
+  if unknown:  # A misspelt field would otherwise fall back to its default silently.
+    raise ValueError(f'config.dataset.{unknown[0]} is not a video dataset field (known: '
+                     f'{sorted(_FIELDS)})')
   size = ds.get('image_size', 32 if name == 'moving_digits' else 224)
   size = (size, size) if isinstance(size, int) else tuple(size)
   num_classes = ds.get('num_classes', None)

@@ -1,8 +1,8 @@
 r"""moving_digits with ViViT + TokenLearner (§5.1, Fig. 3(a)): 8 tokens per temporal slice.
 
 Same data, schedule and model as configs/moving_digits_vivit.py, plus a TokenLearner before layer 1
-of the 4: the 8 x 8 grid of each of the 4 temporal slices (256 tokens) becomes 8 learned tokens
-per slice (32 tokens) for layers 1-3, cutting their attention and MLP cost.
+of the 4: the 8 x 8 grid of each of the 2 temporal slices (128 tokens) becomes 8 learned tokens
+per slice (16 tokens) for layers 1-3, cutting their attention and MLP cost.
 
   python main.py --config=configs/moving_digits_tokenlearner.py --workdir=/tmp/md_tl
   python main.py --config=configs/moving_digits_tokenlearner.py --workdir=/tmp/md_tl_fuser \

@@ -2,7 +2,7 @@ r"""The offline video job: a micro ViViT (§5.1) on moving_digits, no TokenLearn
 
 moving_digits (video_pipeline.py, no download): a scikit-learn digit slides across a 32x32 canvas
 in one of 4 directions; 40 classes = digit x direction, so a single frame cannot tell the class.
-Clips of 8 frames (stride 2), tubelets 2x4x4 -> 4 x 8 x 8 = 256 tokens, joint space-time attention
+Clips of 8 frames (stride 2), tubelets 4x4x4 -> 2 x 8 x 8 = 128 tokens, joint space-time attention
 in a 4-layer, 64-wide ViViT ('Mu/4'). Eval: 2 clips per video, logits averaged.
 
   python main.py --config=configs/moving_digits_vivit.py --workdir=/tmp/md_vivit
@@ -25,7 +25,7 @@ def get_config():
   config.init_from = ml_collections.ConfigDict(dict(
       path='', kind='checkpoint', inflation='central_frame'))
   config.model = common.model_config(name='vivit', variant='Mu/4', num_classes=40, num_tokens=0,
-                                     classifier='gap', tubelet_size=2)
+                                     classifier='gap', tubelet_size=4)
   config.dataset = ml_collections.ConfigDict(dict(
       name='moving_digits', num_classes=40, directions=4, multi_label=False,
       train_split='train', eval_split='test', image_size=32, num_frames=8, stride=2,

@@ -210,3 +210,22 @@ def test_tfds_ucf101_with_mock_data():
   assert train['inputs'].shape == (2, 4, 16, 16, 3)
   assert len(evaluation) == 2 and evaluation[0]['inputs'].shape == (2, 6, 4, 16, 16, 3)
   assert list(evaluation[1]['mask']) == [1, 0]
+
+
+@pytest.mark.parametrize('name', ['moving_digits_vivit', 'moving_digits_tokenlearner',
+                                  'charades_tokenlearner', 'avid_tokenlearner'])
+def test_video_configs_validate(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from token_learner import ModelConfig  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f'configs.{name}').get_config()
+  model_cfg = ModelConfig.from_config(config)
+  assert model_cfg.is_video and vp.is_video_dataset(config)
+  opts = vp._options(config)
+  assert model_cfg.input_shape == (opts.num_frames, *opts.image_size, 3)
+  assert config.eval_average in ('logits', 'probs') and 'path' in config.init_from
+
+
+def test_unknown_dataset_field_is_an_error():
+  config = _digits_config(eval_clip=2)
+  with pytest.raises(ValueError, match='config.dataset.eval_clip is not'):
+    vp.get_dataset_info(config)
