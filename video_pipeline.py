@@ -524,6 +524,7 @@ def create_train_iterator(config, start_step: int = 0, process_index: int = 0,
     for q, i in rows(start_step):
       yield (q, i, source.where(i), *source.read(i))
 
+  @tf.autograph.experimental.do_not_convert  # Plain TF ops; no Python control flow to convert.
   def process(q, i, where, *payload):
     del i
     frames, ids = _parse(source, opts, payload)
@@ -570,6 +571,7 @@ def create_eval_iterator(config, process_index: int = 0, process_count: int = 1)
       i = max(v, 0)  # Padding reuses video 0's data, zeroed below, so shapes stay uniform.
       yield (v, source.where(i), *source.read(i))
 
+  @tf.autograph.experimental.do_not_convert  # Plain TF ops; no Python control flow to convert.
   def process(v, where, *payload):
     frames, ids = _parse(source, opts, payload)
     views = _eval_views(source, opts, frames, _num_frames(frames, where))
