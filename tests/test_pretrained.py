@@ -1,4 +1,6 @@
 """token_learner.pretrained: ViT .npz and project checkpoints into ViT / ViT+TL / ViViT."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,6 +14,7 @@ from token_learner import pretrained
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 
 
+@functools.lru_cache(maxsize=None)  # Inits are the slow part; nothing below mutates them.
 def _model(name='vit', classifier='gap', num_tokens=0, image_size=16, num_frames=4,
            num_classes=5, fuser=False):
   config = ml_collections.ConfigDict()
