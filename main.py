@@ -9,6 +9,7 @@ itself; elsewhere (GPU or CPU hosts) pass --coordinator_address=HOST:PORT --num_
 --process_id=I (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every
 process.
 """
+import logging as std_logging
 import os
 
 from absl import app
@@ -53,9 +54,17 @@ def initialize_distributed():
       jax.distributed.initialize()
 
 
+class _OnlyOrbaxWarnings(std_logging.Filter):
+  """orbax logs every step of every save at INFO; keep its warnings and errors only."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_OnlyOrbaxWarnings())
   initialize_distributed()
   try:  # Keep TensorFlow (the input pipeline) off the accelerators.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -281,3 +281,24 @@ def test_every_config_builds(path):
 
 def test_main_imports():
   importlib.import_module('main')  # sweep.py is run in tests/test_sweep.py.
+
+
+def test_video_multi_view_multi_label_end_to_end(tmp_path):
+  from configs import moving_digits_tokenlearner  # pylint: disable=g-import-not-at-top
+  config = moving_digits_tokenlearner.get_config()
+  config.update_from_flattened_dict({
+      'model.num_layers': 2, 'model.tokenlearner.loc': 1, 'dataset.image_size': 16,
+      'dataset.num_frames': 4, 'dataset.multi_label': True, 'loss': 'sigmoid_xent',
+      'eval_average': 'probs', 'batch_size': 16, 'eval_batch_size': 160,
+      'num_train_steps': 2, 'warmup_steps': 1, 'log_every_steps': 1,
+      'checkpoint_every_steps': 0})
+  result = trainer.train_and_evaluate(config, str(tmp_path))
+  assert result['eval_num_examples'] == 1440  # Videos, each the mean of its 2 views.
+  assert 0.0 < result['eval_map'] <= 1.0
+  assert np.isfinite(result['eval_loss'])
+
+
+def test_multi_label_loss_must_fit_the_data(tmp_path):
+  config = tiny_config(loss='sigmoid_xent')
+  with pytest.raises(ValueError, match='config.loss'):
+    trainer.train_and_evaluate(config, str(tmp_path))
