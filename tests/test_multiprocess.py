@@ -1,9 +1,12 @@
-"""Two processes (jax.distributed on localhost, gloo) x 2 CPU devices == one process x 4 devices."""
+"""main.py in subprocesses: 2 processes (jax.distributed, gloo) x 2 CPU devices == 1 process x 4
+devices; a run killed with SIGKILL and restarted == an uninterrupted run, bit for bit."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -61,3 +64,37 @@ def test_two_processes_match_one_process(tmp_path):
     assert two['final_metrics'][key] == pytest.approx(one[key], abs=1e-5), key
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                test_trainer.restore_params(workdir, 4), test_trainer.restore_params(one_dir, 4))
+
+
+def test_sigkilled_run_resumes_bit_identical(tmp_path):
+  overrides = dict(OVERRIDES, num_train_steps=60, checkpoint_every_steps=5, keep_checkpoints=2,
+                   log_every_steps=50, **{'model.dropout_rate': 0.1})
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2 '
+                       '--xla_backend_optimization_level=0')
+
+  def command(workdir):
+    return [sys.executable, 'main.py', '--config=configs/digits_tokenlearner.py',
+            f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+
+  killed, reference = str(tmp_path / 'killed'), str(tmp_path / 'reference')
+  log = open(tmp_path / 'reference.log', 'w')
+  uninterrupted = subprocess.Popen(command(reference), cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=log)
+  first = subprocess.Popen(command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  checkpoints = os.path.join(killed, 'checkpoints')
+  deadline = time.time() + 240
+  while not (os.path.isdir(checkpoints) and '5' in os.listdir(checkpoints)):
+    assert first.poll() is None and time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.02)
+  first.send_signal(signal.SIGKILL)  # Mid-training, possibly mid-save.
+  first.wait()
+  assert not os.path.exists(os.path.join(killed, 'summary.json'))
+  resumed = subprocess.run(command(killed), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=240)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming at step' in resumed.stderr
+  assert uninterrupted.wait(timeout=240) == 0, open(tmp_path / 'reference.log').read()[-3000:]
+  jax.tree.map(np.testing.assert_array_equal, test_trainer.restore_params(killed, 60),
+               test_trainer.restore_params(reference, 60))
