@@ -739,6 +739,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      f'{getattr(info, "multi_label", False)}); use one of '
                      f'{list(MULTI_LABEL_LOSSES)} exactly for multi-label data')
 
+  logging.info('Config:\n%s', config)
   model = build_model(model_cfg)
   learning_rate_fn = create_learning_rate_fn(cfg)
   tx = create_optimizer(cfg, learning_rate_fn)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import trainer
-from tests import test_trainer
+import test_trainer  # tests/ is on sys.path under pytest.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {

@@ -302,3 +302,14 @@ def test_multi_label_loss_must_fit_the_data(tmp_path):
   config = tiny_config(loss='sigmoid_xent')
   with pytest.raises(ValueError, match='config.loss'):
     trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_init_from_checkpoint_loads_params(tmp_path):
+  source = str(tmp_path / 'source')
+  trainer.train_and_evaluate(tiny_config(num_train_steps=2), source)
+  config = tiny_config(num_train_steps=2, learning_rate=0.0)  # Params stay as loaded.
+  with config.unlocked():
+    config.init_from = dict(path=source, kind='checkpoint', load_head=True)
+  target = str(tmp_path / 'target')
+  trainer.train_and_evaluate(config, target)
+  _assert_trees_equal(restore_params(source, 2), restore_params(target, 2))
