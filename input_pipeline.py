@@ -485,11 +485,15 @@ def _normalise(image, opts: _Options):
 # Iterators.
 
 
-class _Iterator:
-  """numpy batches from a tf.data pipeline; turns a decode failure into a clear error."""
+class BatchIterator:
+  """numpy batches from a tf.data pipeline; turns a decode failure into a clear error.
+
+  `on_error(batch_index)` is called when reading a batch fails; it raises an error naming the bad
+  record when it can find it (the image and video pipelines both use this iterator).
+  """
 
   def __init__(self, dataset: tf.data.Dataset, on_error: Callable[[int], None],
-               num_skipped: int):
+               num_skipped: int = 0):
     self._it = dataset.as_numpy_iterator()
     self._on_error = on_error
     self._batches = 0
@@ -575,7 +579,7 @@ def create_train_iterator(config, start_step: int = 0, process_index: int = 0,
     bad = _scan(source)
     if bad:
       raise _corrupt_error(source, bad) from None
-  return _Iterator(ds, on_error, num_skipped)
+  return BatchIterator(ds, on_error, num_skipped)
 
 
 def create_eval_iterator(config, process_index: int = 0, process_count: int = 1):
@@ -620,7 +624,7 @@ def create_eval_iterator(config, process_index: int = 0, process_count: int = 1)
     bad = _scan(source)
     if bad:
       raise _corrupt_error(source, bad) from None
-  return _Iterator(ds, on_error, num_skipped)
+  return BatchIterator(ds, on_error, num_skipped)
 
 
 def _process_sizes(opts, process_count) -> list:

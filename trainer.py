@@ -46,6 +46,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from configs import common
 import input_pipeline
 from token_learner import ModelConfig, build_model
 from token_learner import metrics as video_metrics
@@ -59,29 +60,8 @@ NamedSharding = jax.sharding.NamedSharding
 OPTIMIZERS = ('adamw', 'adam', 'momentum', 'sgd')
 LR_SCHEDULES = ('cosine', 'linear')
 
-# Trainer fields a config may leave out, with their defaults.
-DEFAULTS = dict(
-    num_train_steps=None,
-    num_epochs=None,
-    optimizer='adamw',
-    momentum=0.9,
-    learning_rate=1e-3,
-    lr_schedule='cosine',
-    warmup_steps=0,
-    weight_decay=0.0,
-    grad_clip_norm=0.0,
-    label_smoothing=0.0,
-    mixup_alpha=0.0,
-    grad_accum_steps=1,
-    loss='softmax_xent',
-    eval_average='logits',
-    log_every_steps=50,
-    eval_every_steps=0,
-    checkpoint_every_steps=0,
-    keep_checkpoints=3,
-    profile_steps=0,
-    sharding_rules=(),
-)
+# Trainer fields a config may leave out, with their defaults (one table, in configs/common.py).
+DEFAULTS = common.TRAINER_DEFAULTS
 # Top-level fields that other parts of the system own.
 OTHER_FIELDS = ('seed', 'batch_size', 'eval_batch_size', 'model', 'dataset', 'init_from')
 

@@ -44,6 +44,8 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+import input_pipeline
+
 # Seed domains, so the epoch order and the augmentation never share random numbers.
 _ORDER, _AUGMENT = 1, 2
 DMVR_NAMES = ('dmvr', 'charades', 'avid', 'kinetics400', 'kinetics600')
@@ -452,27 +454,6 @@ def _num_frames(frames, where):
 # Iterators.
 
 
-class _Iterator:
-  """numpy batches from tf.data; a decode failure becomes a ValueError naming the record."""
-
-  def __init__(self, dataset, diagnose: Callable[[int], None]):
-    self._it = dataset.as_numpy_iterator()
-    self._diagnose = diagnose
-    self._batches = 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    try:
-      batch = next(self._it)
-    except tf.errors.OpError:
-      self._diagnose(self._batches)  # Raises the named error if it finds the bad record.
-      raise
-    self._batches += 1
-    return batch
-
-
 def _find_bad_frame(source, opts, rows):
   """Decodes every frame of the given videos eagerly; raises ValueError naming the first bad one."""
   if source.kind != 'serialized':
@@ -541,7 +522,7 @@ def create_train_iterator(config, start_step: int = 0, process_index: int = 0,
     # The failing batch (or, with prefetching, the next one): rows are a pure function of step.
     window = itertools.islice(rows(start_step + batches_done), 2 * local_batch)
     _find_bad_frame(source, opts, [i for _, i in window])
-  return _Iterator(ds, diagnose)
+  return input_pipeline.BatchIterator(ds, diagnose)
 
 
 def _eval_rows(n, global_batch, local_batch, process_index):
@@ -587,7 +568,7 @@ def create_eval_iterator(config, process_index: int = 0, process_count: int = 1)
   def diagnose(batches_done):
     window = list(rows())[batches_done * local_batch:(batches_done + 2) * local_batch]
     _find_bad_frame(source, opts, [v for v in window if v >= 0])
-  return _Iterator(ds, diagnose)
+  return input_pipeline.BatchIterator(ds, diagnose)
 
 
 def get_dataset_info(config) -> VideoDatasetInfo:

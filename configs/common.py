@@ -56,29 +56,38 @@ def model_config(name='vit', variant='B/16', num_classes=1000, num_tokens=8, loc
   ))
 
 
+# Trainer fields a config may leave out, with their defaults: the one table of them (trainer.py
+# fills omitted fields from it; `training_config` starts from it).
+TRAINER_DEFAULTS = dict(
+    num_train_steps=None,  # None: from num_epochs and the dataset size
+    num_epochs=None,
+    optimizer='adamw',  # 'adamw' | 'adam' | 'momentum' | 'sgd'
+    momentum=0.9,
+    learning_rate=1e-3,
+    lr_schedule='cosine',  # 'cosine' | 'linear' decay after linear warmup
+    warmup_steps=0,
+    weight_decay=0.0,
+    grad_clip_norm=0.0,  # 0: no clipping
+    label_smoothing=0.0,
+    mixup_alpha=0.0,  # 0: no mixup
+    grad_accum_steps=1,
+    loss='softmax_xent',  # 'softmax_xent' | 'sigmoid_xent' (multi-label, mAP)
+    eval_average='logits',  # multi-view video evaluation: average 'logits' or 'probs'
+    log_every_steps=50,
+    eval_every_steps=0,  # 0: only at the end
+    checkpoint_every_steps=0,  # 0: only at the end
+    keep_checkpoints=3,
+    profile_steps=0,
+    sharding_rules=(),  # (regex on the parameter path, PartitionSpec as a tuple) pairs
+)
+
+
 def training_config(**overrides):
-  """Trainer fields shared by every config (trainer.py reads them); `overrides` replace defaults."""
-  fields = dict(
-      seed=0,
-      batch_size=512,  # global, over all processes
-      eval_batch_size=512,
-      num_train_steps=config_dict.placeholder(int),  # None: from num_epochs and the dataset size
-      num_epochs=config_dict.placeholder(float),
-      optimizer='momentum',  # 'adamw' | 'adam' | 'momentum' | 'sgd'
-      momentum=0.9,
-      learning_rate=0.01,
-      lr_schedule='cosine',  # 'cosine' | 'linear' decay after linear warmup
-      warmup_steps=500,
-      weight_decay=0.0,
-      grad_clip_norm=1.0,
-      label_smoothing=0.0,
-      mixup_alpha=0.0,
-      grad_accum_steps=1,
-      loss='softmax_xent',
-      log_every_steps=100,
-      eval_every_steps=1000,
-      checkpoint_every_steps=1000,
-      keep_checkpoints=3,
-  )
+  """The trainer's fields for a config file: TRAINER_DEFAULTS with `overrides` applied."""
+  fields = dict(seed=0, batch_size=512, eval_batch_size=512, **TRAINER_DEFAULTS)
   fields.update(overrides)
+  # Typed placeholders, so `--config.num_train_steps=...` works from the command line.
+  for name, kind in (('num_train_steps', int), ('num_epochs', float)):
+    if fields[name] is None:
+      fields[name] = config_dict.placeholder(kind)
   return fields

@@ -22,7 +22,8 @@ from configs import common
 def get_config():
   config = ml_collections.ConfigDict(common.training_config(
       batch_size=512, eval_batch_size=512, num_train_steps=20_000, learning_rate=0.01,
-      optimizer='momentum', warmup_steps=500, grad_clip_norm=1.0))
+      optimizer='momentum', warmup_steps=500, grad_clip_norm=1.0, log_every_steps=100,
+      eval_every_steps=1000, checkpoint_every_steps=1000))
   config.model = common.model_config(name='vit', variant='B/16', num_classes=1000, num_tokens=8,
                                      loc=6, version='v1', fuser=False)
   config.dataset = ml_collections.ConfigDict(dict(
