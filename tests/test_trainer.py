@@ -3,29 +3,17 @@ import glob
 import importlib
 import json
 import os
-import tempfile
-
-# Compile fast: XLA's backend optimisations cost most of these tests' time and do not change what
-# is tested. Takes effect if no test initialised the JAX backend before this module is collected.
-if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_backend_optimization_level=0').strip()
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import input_pipeline
 import trainer
 from configs import digits_tokenlearner
-from token_learner import ModelConfig, build_model
+from token_learner import ModelConfig, build_model, pretrained
 
-# The runs below compile the same few programs again and again: cache them for this session.
-jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='jax_cache_'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 P = jax.sharding.PartitionSpec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,12 +69,7 @@ def _run_steps(config, devices, num_steps):
 
 def restore_params(workdir, step):
   """The params of checkpoint `step` as numpy, whatever topology wrote it."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        dict(checkpointer.metadata(path).item_metadata.tree))
-  return jax.device_get(checkpointer.restore(path, target)['params'])
+  return pretrained.restore_checkpoint_params(os.path.join(workdir, 'checkpoints', str(step)))
 
 
 def _assert_trees_equal(a, b):

@@ -103,6 +103,23 @@ def _resolve_checkpoint_dir(path: str) -> str:
   return path
 
 
+def restore_checkpoint_params(path: str):
+  """Parameters of an orbax checkpoint as numpy, whatever devices or processes wrote it.
+
+  `path`: a workdir, its `checkpoints/` folder, a step folder or the step's item folder (the
+  newest step is taken). The restore target is built from the checkpoint's own metadata with a
+  single-device sharding, so a checkpoint written by a multi-process run loads anywhere.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(_resolve_checkpoint_dir(path))
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        dict(checkpointer.metadata(path).item_metadata.tree))
+  restored = jax.device_get(checkpointer.restore(path, target))
+  return restored.get('params', restored)
+
+
 def load_flat(path: str, kind: str) -> Dict[str, np.ndarray]:
   """Reads a `.npz` (either kind) or an orbax checkpoint (kind 'checkpoint') into {key: array}."""
   if kind not in KINDS:
@@ -111,9 +128,7 @@ def load_flat(path: str, kind: str) -> Dict[str, np.ndarray]:
     with open(path, 'rb') as f, np.load(f) as data:
       flat = {k: np.asarray(data[k]) for k in data.files}
   elif kind == 'checkpoint':
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    restored = ocp.StandardCheckpointer().restore(os.path.abspath(_resolve_checkpoint_dir(path)))
-    flat = flatten(jax.device_get(restored.get('params', restored)))
+    flat = flatten(restore_checkpoint_params(path))
   else:
     raise ValueError(f"config.init_from.path={path!r}: kind 'vit_npz' needs a .npz file")
   return _canonical_keys(flat)
