@@ -239,22 +239,30 @@ def _slice_split(split: str, field: str):
   return name, bounds
 
 
-def _digits_source(split: str, field: str) -> _Source:
-  """scikit-learn's 1797 digits; a fixed stratified 1437 / 360 train / test split."""
+def load_digit_scans(split: str):
+  """scikit-learn's 1797 digits: `(images [N, 8, 8] in 0..16, labels [N], scan indices [N])` of a
+  fixed stratified 1437 / 360 train / test split (independent of config.seed; moving_digits
+  builds its videos from the same split)."""
   from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
-  name, bounds = _slice_split(split, field)
-  if name not in ('train', 'test'):
-    raise ValueError(f"config.dataset.{field}={split!r}: digits has splits 'train' and 'test'.")
   digits = datasets.load_digits()
   train_idx, test_idx = model_selection.train_test_split(
       np.arange(len(digits.target)), test_size=360, stratify=digits.target,
       random_state=_FIXED_SPLIT_SEED)
-  idx = np.sort(train_idx if name == 'train' else test_idx)
+  idx = np.sort(train_idx if split == 'train' else test_idx)
+  return digits.images[idx], digits.target[idx], idx
+
+
+def _digits_source(split: str, field: str) -> _Source:
+  """The digits split through the tf.data pipeline."""
+  name, bounds = _slice_split(split, field)
+  if name not in ('train', 'test'):
+    raise ValueError(f"config.dataset.{field}={split!r}: digits has splits 'train' and 'test'.")
+  scans, targets, idx = load_digit_scans(name)
   lo, hi = bounds(len(idx))
-  idx = idx[lo:hi]
+  scans, targets, idx = scans[lo:hi], targets[lo:hi], idx[lo:hi]
   # Pixels are 0..16; grey -> 3 identical channels.
-  images = np.repeat(digits.images[idx, :, :, None] / 16.0, 3, axis=-1).astype(np.float32)
-  labels = digits.target[idx].astype(np.int32)
+  images = np.repeat(scans[..., None] / 16.0, 3, axis=-1).astype(np.float32)
+  labels = targets.astype(np.int32)
   images_t, labels_t = tf.constant(images), tf.constant(labels)
   where = tf.constant([f'digits sample {i}' for i in idx])
   return _Source(

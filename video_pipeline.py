@@ -205,18 +205,12 @@ class MovingDigits:
   """
 
   def __init__(self, split: str, directions: int = 4):
-    from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
     if split not in ('train', 'test'):
       raise ValueError(f"moving_digits has splits 'train' and 'test', not {split!r}")
-    digits = datasets.load_digits()
-    train_idx, test_idx = model_selection.train_test_split(
-        np.arange(len(digits.target)), test_size=360, stratify=digits.target,
-        random_state=_SPLIT_SEED)
-    idx = np.sort(train_idx if split == 'train' else test_idx)
-    self._scans, self._digits = digits.images[idx], digits.target[idx]
+    self._scans, self._digits, _ = input_pipeline.load_digit_scans(split)
     self.directions = directions
     rng = np.random.default_rng([_SPLIT_SEED, split == 'test'])
-    self._offsets = rng.integers(0, _TRAVEL + 1, size=len(idx) * directions)
+    self._offsets = rng.integers(0, _TRAVEL + 1, size=len(self._digits) * directions)
     self.num_classes = 10 * directions
 
   def __len__(self):
