@@ -1,7 +1,7 @@
 r"""AViD (§6.1.1, Table 11): the Charades model (configs/charades_tokenlearner.py) on 887 classes.
 
 Single-label (softmax cross-entropy, label smoothing 0.2 as in B.3), reported as mean per-class
-accuracy (token_learner.metrics.mean_per_class_accuracy). B.3: batch 8 per core x 64 = 512,
+accuracy (token_learner.train.losses.mean_per_class_accuracy). B.3: batch 8 per core x 64 = 512,
 100k steps (~125 epochs). Eval: 4 clips x 3 crops, logits averaged.
 
   python main.py --config=configs/avid_tokenlearner.py --workdir=/tmp/tl_avid \
@@ -21,7 +21,7 @@ def get_config():
   config.eval_average = 'logits'
   config.model.num_classes = 887
   d = config.dataset
-  d.name, d.num_classes, d.multi_label = 'avid', 887, False
+  d.name, d.multi_label = 'avid', False
   d.file_pattern_train = '/path/to/avid/train-*.tfrecord'
   d.file_pattern_eval = '/path/to/avid/test-*.tfrecord'
   d.eval_clips, d.eval_crops, d.eval_short_side = 4, 3, 224

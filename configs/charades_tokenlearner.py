@@ -1,7 +1,7 @@
 r"""Charades (§6.1.1, Table 10): ViViT-B/16 + TokenLearner (8 tokens) + TokenFuser, 64-frame clips.
 
 Multi-label: 157 classes, any number per video, sigmoid cross-entropy, mAP ("v1 classification",
-token_learner.metrics.mean_average_precision). 64 frames (12 fps, §6.1.1) at 224x224, tubelets
+token_learner.train.losses.mean_average_precision). 64 frames (12 fps, §6.1.1) at 224x224, tubelets
 2x16x16 -> 32 x 14 x 14 tokens; from layer 6 on, every layer is TokenLearner (8 tokens per temporal
 slice: 256 tokens) -> Transformer block -> TokenFuser (Fig. 3(b), Fig. 8). Test views: 64-frame
 segments spread over the video, their responses merged (B.3) -- here 4 clips, probabilities averaged;
@@ -21,30 +21,27 @@ Charades cannot be downloaded here, set the file patterns:
 
   python -m token_learner.flops --config=configs/charades_tokenlearner.py
 """
-import ml_collections
-
 from configs import common
 
 
 def get_config():
-  config = ml_collections.ConfigDict(common.training_config(
+  config = common.experiment_config(
       seed=0, batch_size=256, eval_batch_size=32, num_train_steps=100_000, optimizer='momentum',
       momentum=0.9, learning_rate=0.05, lr_schedule='cosine', warmup_steps=2_500,
       weight_decay=0.0, grad_clip_norm=1.0, label_smoothing=0.0, loss='sigmoid_xent',
       log_every_steps=100, eval_every_steps=5_000, checkpoint_every_steps=1_000,
-      keep_checkpoints=3))
-  config.eval_average = 'probs'  # sigmoid probabilities of the segments, averaged per video
-  config.init_from = ml_collections.ConfigDict(dict(
-      path='', kind='vit_npz', inflation='central_frame', load_head=False))
-  config.model = common.model_config(name='vivit', variant='B/16', num_classes=157, num_tokens=8,
-                                     loc=6, version='v1', fuser=True, tubelet_size=2)
-  config.model.stochastic_depth = 0.1
-  config.dataset = ml_collections.ConfigDict(dict(
-      name='charades', num_classes=157, multi_label=True,
-      file_pattern_train='/path/to/charades/train-*.tfrecord',
-      file_pattern_eval='/path/to/charades/test-*.tfrecord',
-      frames_key='image/encoded', label_key='clip/label/index',
-      image_size=224, num_frames=64, stride=1, eval_clips=4, eval_crops=1, eval_short_side=256,
-      augment=True, crop_min_area=0.3, random_flip=True,
-      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+      keep_checkpoints=3,
+      eval_average='probs',  # sigmoid probabilities of the segments, averaged per video
+      model=common.model_config(name='vivit', variant='B/16', num_classes=157, num_tokens=8,
+                                loc=6, version='v1', fuser=True, tubelet_size=2,
+                                stochastic_depth=0.1),
+      dataset=common.dataset_config(
+          'charades', multi_label=True,
+          file_pattern_train='/path/to/charades/train-*.tfrecord',
+          file_pattern_eval='/path/to/charades/test-*.tfrecord',
+          frames_key='image/encoded', label_key='clip/label/index',
+          image_size=224, num_frames=64, stride=1, eval_clips=4, eval_crops=1,
+          eval_short_side=256, augment=True, crop_min_area=0.3, random_flip=True,
+          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+  config.init_from.kind = 'vit_npz'
   return config

@@ -1,93 +1,67 @@
-"""Pieces shared by the config files: the model section every config carries.
+"""Config sections built from the library's typed defaults, so every field can be overridden.
 
-`model_config(...)` returns the `config.model` ConfigDict; its field names are the project's public
-interface (command-line overrides, sweeps). Fields whose default comes from elsewhere (the variant's
-depth) are typed placeholders, so `--config.model.num_layers=21` works from the command line.
+The defaults themselves live in one place, the dataclasses of the config boundary
+(`token_learner.model_config.ModelConfig`, `token_learner.data.ImageData` / `VideoData`,
+`token_learner.train.config.TrainConfig`, `token_learner.pretrained.InitConfig`). These helpers
+turn them into ConfigDict sections with every field present, so `--config.a.b=value` works for
+each of them on the command line; fields whose default is None become typed placeholders.
 """
+import dataclasses
+import typing
+
 import ml_collections
 from ml_collections import config_dict
 
-
-def model_config(name='vit', variant='B/16', num_classes=1000, num_tokens=8, loc=6,
-                 version='v1', fuser=False, classifier='gap', tubelet_size=2):
-  """Returns a `config.model` section.
-
-  Args:
-    name: 'vit' (images, [B, H, W, 3]) or 'vivit' (video, [B, T, H, W, 3]).
-    variant: ViT size/patch, e.g. 'B/16' (token_learner.model_config.VARIANTS).
-    num_classes: size of the classification head.
-    num_tokens: S, tokens per frame learned by the TokenLearner; 0 = no TokenLearner.
-    loc: the TokenLearner runs before encoder layer `loc` ("16-TL at 12" -> loc=12).
-    version: 'v1' (conv alpha, sigmoid; §2.1, §3.1) or 'v1.1' (MLP alpha, softmax over space).
-    fuser: False = Fig. 3(a); True = Fig. 3(b), TokenLearner -> block -> TokenFuser per layer.
-    classifier: 'gap' or 'token' (CLS; plain ViT / ViViT only).
-    tubelet_size: temporal extent t of a ViViT tubelet (t x p x p, p from the variant).
-  """
-  return ml_collections.ConfigDict(dict(
-      name=name,
-      variant=variant,
-      num_layers=config_dict.placeholder(int),  # None: the variant's depth.
-      num_classes=num_classes,
-      classifier=classifier,
-      representation_size=config_dict.placeholder(int),  # pre-logits width; None: no pre-logits.
-      head_bias_init=0.0,
-      dropout_rate=0.0,
-      attention_dropout_rate=0.0,
-      stochastic_depth=0.0,  # drop-path rate of the last layer, linear in depth from 0.
-      tubelet_size=tubelet_size,
-      dtype='float32',  # compute dtype ('bfloat16' for mixed precision); params stay float32.
-      # Baseline of §3.5.2 / Table 6: k x k average pooling of the token grid before given layers,
-      # as (layer, k) pairs, e.g. ((9, 2), (18, 2)). Not combinable with a TokenLearner.
-      spatial_pooling=(),
-      tokenlearner=ml_collections.ConfigDict(dict(
-          num_tokens=num_tokens,
-          loc=loc,
-          version=version,
-          fuser=fuser,
-          # What maps tokens back to the grid when fuser=True (§3.5.3, Fig. 7):
-          # 'tokenfuser' (Eq. 2), 'unpool' (the TokenLearner's own maps), 'reprojection'.
-          fuser_type='tokenfuser',
-          fuser_mixing='global',  # token mixing R^{ST}->R^{ST}; 'per_frame': S x S per frame.
-          fuser_mlp_dim=64,  # hidden width of the fuser's beta MLP (Eq. 2).
-          pooling='sum',  # rho of Eq. 1 for the tokens: 'sum' or 'mean' over positions.
-          bottleneck_dim=64,  # v1.1 alpha MLP hidden width.
-          dropout_rate=0.0,  # v1.1 alpha MLP and fuser dropout.
-      )),
-  ))
+from token_learner import data
+from token_learner import fields
+from token_learner.model_config import ModelConfig, TokenLearnerConfig
+from token_learner.pretrained import InitConfig
+from token_learner.train.config import TrainConfig
 
 
-# Trainer fields a config may leave out, with their defaults: the one table of them (trainer.py
-# fills omitted fields from it; `training_config` starts from it).
-TRAINER_DEFAULTS = dict(
-    num_train_steps=None,  # None: from num_epochs and the dataset size
-    num_epochs=None,
-    optimizer='adamw',  # 'adamw' | 'adam' | 'momentum' | 'sgd'
-    momentum=0.9,
-    learning_rate=1e-3,
-    lr_schedule='cosine',  # 'cosine' | 'linear' decay after linear warmup
-    warmup_steps=0,
-    weight_decay=0.0,
-    grad_clip_norm=0.0,  # 0: no clipping
-    label_smoothing=0.0,
-    mixup_alpha=0.0,  # 0: no mixup
-    grad_accum_steps=1,
-    loss='softmax_xent',  # 'softmax_xent' | 'sigmoid_xent' (multi-label, mAP)
-    eval_average='logits',  # multi-view video evaluation: average 'logits' or 'probs'
-    log_every_steps=50,
-    eval_every_steps=0,  # 0: only at the end
-    checkpoint_every_steps=0,  # 0: only at the end
-    keep_checkpoints=3,
-    profile_steps=0,
-    sharding_rules=(),  # (regex on the parameter path, PartitionSpec as a tuple) pairs
-)
+def _placeholder_type(cls, name):
+  """int for `Optional[int]` (the type a None default stands for)."""
+  hint = typing.get_type_hints(cls)[name]
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  kind = args[0] if args else hint
+  return typing.get_origin(kind) or kind
 
 
-def training_config(**overrides):
-  """The trainer's fields for a config file: TRAINER_DEFAULTS with `overrides` applied."""
-  fields = dict(seed=0, batch_size=512, eval_batch_size=512, **TRAINER_DEFAULTS)
-  fields.update(overrides)
-  # Typed placeholders, so `--config.num_train_steps=...` works from the command line.
-  for name, kind in (('num_train_steps', int), ('num_epochs', float)):
-    if fields[name] is None:
-      fields[name] = config_dict.placeholder(kind)
-  return fields
+def section(cls, **overrides) -> ml_collections.ConfigDict:
+  """A ConfigDict of the config fields of dataclass `cls`, its defaults with `overrides`."""
+  values = fields.defaults(cls)
+  unknown = sorted(set(overrides) - set(values))
+  if unknown:
+    raise ValueError(f'{cls.__name__} has no field {unknown[0]!r}')
+  values.update(overrides)
+  for f in fields.config_fields(cls):
+    if values[f.name] is None:
+      values[f.name] = config_dict.placeholder(_placeholder_type(cls, f.name))
+    elif dataclasses.is_dataclass(f.type) or isinstance(values[f.name], dict):
+      values[f.name] = ml_collections.ConfigDict(values[f.name])
+  return ml_collections.ConfigDict(values)
+
+
+def model_config(*, num_tokens=None, loc=None, version=None, fuser=None,
+                 **model) -> ml_collections.ConfigDict:
+  """`config.model`: ModelConfig's fields (name, variant, num_classes, classifier, ...), with the
+  TokenLearner's most used fields (num_tokens, loc, version, fuser) as keyword shortcuts."""
+  tl = {k: v for k, v in dict(num_tokens=num_tokens, loc=loc, version=version,
+                               fuser=fuser).items() if v is not None}
+  return section(ModelConfig, tokenlearner=section(TokenLearnerConfig, **tl).to_dict(), **model)
+
+
+def dataset_config(name: str, **dataset) -> ml_collections.ConfigDict:
+  """`config.dataset`: every field of the dataset's section (images or videos), with `dataset`."""
+  cls = data.VideoData if name in data.VIDEO_NAMES else data.ImageData
+  return section(cls, name=name, **dataset)
+
+
+def experiment_config(*, model, dataset, **trainer) -> ml_collections.ConfigDict:
+  """A whole config: the trainer's fields (TrainConfig defaults with `trainer`), `model`,
+  `dataset`, and an `init_from` section (InitConfig defaults: a fresh initialisation)."""
+  config = section(TrainConfig, **trainer)
+  config.model = model
+  config.dataset = dataset
+  config.init_from = section(InitConfig)
+  return config

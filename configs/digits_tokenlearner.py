@@ -10,25 +10,20 @@ tokens); a TokenLearner (§2.1) reduces them to 8 learned tokens before layer 1 
   # ViT vs TokenLearner placements vs TokenFuser, one run per row of get_sweep():
   python sweep.py --config=configs/digits_tokenlearner.py --workdir=/tmp/tl_sweep
 """
-import ml_collections
-
 from configs import common
 
 
 def get_config():
-  config = ml_collections.ConfigDict(common.training_config(
+  return common.experiment_config(
       seed=0, batch_size=128, eval_batch_size=128, num_train_steps=1500, optimizer='adamw',
       learning_rate=3e-3, lr_schedule='cosine', warmup_steps=100, weight_decay=0.05,
       grad_clip_norm=1.0, label_smoothing=0.1, mixup_alpha=0.0, log_every_steps=100,
-      eval_every_steps=500, checkpoint_every_steps=500, keep_checkpoints=2))
-  config.model = common.model_config(name='vit', variant='Mu/4', num_classes=10, num_tokens=8,
-                                     loc=1, version='v1', fuser=False)
-  config.dataset = ml_collections.ConfigDict(dict(
-      name='digits', data_dir=ml_collections.config_dict.placeholder(str),
-      root=ml_collections.config_dict.placeholder(str), train_split='train', eval_split='test',
-      image_size=16, crop_min_area=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-      augment=False, skip_corrupt=False, shuffle_buffer=2048))
-  return config
+      eval_every_steps=500, checkpoint_every_steps=500, keep_checkpoints=2,
+      model=common.model_config(name='vit', variant='Mu/4', num_classes=10, num_tokens=8, loc=1,
+                                version='v1', fuser=False),
+      dataset=common.dataset_config('digits', train_split='train', eval_split='test',
+                                    image_size=16, crop_min_area=1.0, augment=False,
+                                    shuffle_buffer=2048))
 
 
 def get_sweep():

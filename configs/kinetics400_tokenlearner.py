@@ -10,8 +10,6 @@ Kinetics is read from DMVR-style TFRecords the user prepares (set the file patte
 
   python -m token_learner.flops --config=configs/kinetics400_tokenlearner.py   # 766 GFLOPs / view
 """
-import ml_collections
-
 from configs import common
 
 KINETICS400_TRAIN_SIZE = 215_000  # clips available in the common DMVR release (approx.)
@@ -19,18 +17,17 @@ KINETICS400_TRAIN_SIZE = 215_000  # clips available in the common DMVR release (
 
 def get_config():
   batch_size = 64
-  config = ml_collections.ConfigDict(common.training_config(
+  return common.experiment_config(
       batch_size=batch_size, eval_batch_size=batch_size, optimizer='momentum', momentum=0.9,
       learning_rate=0.05, lr_schedule='cosine', label_smoothing=0.1, grad_clip_norm=1.0,
       num_train_steps=30 * KINETICS400_TRAIN_SIZE // batch_size,
       warmup_steps=int(2.5 * KINETICS400_TRAIN_SIZE // batch_size), log_every_steps=100,
-      eval_every_steps=5000, checkpoint_every_steps=1000))
-  config.model = common.model_config(name='vivit', variant='L/16', num_classes=400, num_tokens=16,
-                                     loc=12, version='v1', fuser=False, tubelet_size=2)
-  config.model.stochastic_depth = 0.1
-  config.dataset = ml_collections.ConfigDict(dict(
-      name='dmvr', file_pattern_train='', file_pattern_eval='', frames_key='image/encoded',
-      label_key='clip/label/index', multi_label=False, num_frames=32, stride=2,
-      image_size=224, eval_clips=4, eval_crops=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-      augment=True, shuffle_buffer=2048))
-  return config
+      eval_every_steps=5000, checkpoint_every_steps=1000,
+      model=common.model_config(name='vivit', variant='L/16', num_classes=400, num_tokens=16,
+                                loc=12, version='v1', fuser=False, tubelet_size=2,
+                                stochastic_depth=0.1),
+      dataset=common.dataset_config(
+          'dmvr', file_pattern_train='', file_pattern_eval='', frames_key='image/encoded',
+          label_key='clip/label/index', multi_label=False, num_frames=32, stride=2,
+          image_size=224, eval_clips=4, eval_crops=3, mean=(0.5, 0.5, 0.5),
+          std=(0.5, 0.5, 0.5), augment=True))

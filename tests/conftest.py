@@ -22,3 +22,67 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='jax_cache_'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _randomise(params, seed=1, scale=0.5, replace=False):
+  """Non-trivial values for every parameter (zero / one initialisations hide mistakes): the init
+  plus `scale` x N(0, 1), or with `replace` N(0, 1) alone (a 'trained' checkpoint whose values
+  are distinguishable from any init)."""
+  leaves, treedef = jax.tree.flatten(params)
+  rng = np.random.default_rng(seed)
+  noise = lambda l: rng.standard_normal(np.shape(l))
+  return jax.tree.unflatten(treedef, [
+      np.asarray(noise(l) if replace else np.asarray(l) + scale * noise(l), np.float32)
+      for l in leaves])
+
+
+@pytest.fixture
+def randomise():
+  return _randomise
+
+
+def _subprocess_env(num_devices=None):
+  """Environment of a `python main.py` / `sweep.py` child: CPU, quiet TF, fast compiles."""
+  flags = '--xla_backend_optimization_level=0'
+  if num_devices:
+    flags = f'--xla_force_host_platform_device_count={num_devices} {flags}'
+  return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS=flags)
+
+
+@pytest.fixture
+def subprocess_env():
+  return _subprocess_env
+
+
+def _tiny_config(**overrides):
+  """The default job shrunk: digits at 16x16, a 1-layer 64-wide ViT then 4 TokenLearner tokens,
+  6 steps of batch 16, checkpoints every 2 steps."""
+  from configs import digits_tokenlearner  # pylint: disable=g-import-not-at-top
+  config = digits_tokenlearner.get_config()
+  config.update_from_flattened_dict({
+      'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
+      'batch_size': 16,
+      'eval_batch_size': 64,  # 360 test digits: the last batch is padded with 24 masked rows.
+      'num_train_steps': 6, 'warmup_steps': 2, 'log_every_steps': 2, 'eval_every_steps': 0,
+      'checkpoint_every_steps': 2, 'keep_checkpoints': 5})
+  for key, value in overrides.items():
+    config.update_from_flattened_dict({key: value})
+  return config
+
+
+@pytest.fixture
+def tiny_config():
+  return _tiny_config
+
+
+@pytest.fixture
+def restore_params():
+  """The params of checkpoint `step` of a workdir as numpy, whatever topology wrote it."""
+  from token_learner.train import checkpoints  # pylint: disable=g-import-not-at-top
+  return lambda workdir, step: checkpoints.restore_params(
+      os.path.join(workdir, checkpoints.CHECKPOINTS, str(step)))

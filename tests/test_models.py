@@ -5,51 +5,38 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
-from token_learner import ModelConfig, build_model, paper_table
+from token_learner import ModelConfig, build_model
+from token_learner.experiment import model_and_data
 from token_learner.flops import abstract_params, count_params
+from tools import paper_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TL_FIELDS = ('num_tokens', 'loc', 'version', 'fuser', 'fuser_type', 'fuser_mixing', 'pooling')
 
 
-def make_config(name='vit', variant='Mu/4', image_size=16, num_frames=4, **model):
-  tl = {k: model.pop(k) for k in list(model) if k in
-        ('num_tokens', 'loc', 'version', 'fuser', 'fuser_type', 'fuser_mixing', 'pooling')}
-  config = ml_collections.ConfigDict(dict(
-      model=common.model_config(name=name, variant=variant, num_classes=5,
-                                **{k: tl.pop(k) for k in ('num_tokens', 'loc', 'version', 'fuser')
-                                   if k in tl}),
-      dataset=dict(image_size=image_size, num_frames=num_frames)))
-  config.model.tokenlearner.update(tl)
-  config.model.update(model)
-  return config
+def make_config(name='vit', variant='Mu/4', image_size=16, num_frames=4, num_classes=5, **model):
+  """A ModelConfig through the boundary's model parser (unknown keys and bad values raise)."""
+  tl = {k: model.pop(k) for k in list(model) if k in _TL_FIELDS}
+  section = dict(name=name, variant=variant, num_classes=num_classes, tokenlearner=tl, **model)
+  return ModelConfig.from_dict(section, image_size=image_size, num_frames=num_frames)
 
 
-def init_model(config, batch=2, seed=0):
-  cfg = ModelConfig.from_config(config)
+def init_model(cfg, batch=2, seed=0):
   model = build_model(cfg)
   x = jax.random.normal(jax.random.key(seed + 1), (batch, *cfg.input_shape))
   params = model.init(jax.random.key(seed), x, train=False)['params']
   return cfg, model, params, x
 
 
-def randomise(params, seed=1, scale=0.1):
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [l + scale * jax.random.normal(k, l.shape)
-                                      for l, k in zip(leaves, keys)])
-
-
 # ----------------------------------------------------------------------------- structure
-def test_fresh_fuser_model_equals_plain_vit_of_loc_layers():
+def test_fresh_fuser_model_equals_plain_vit_of_loc_layers(randomise):
   """Fig. 3(b) wiring: at init each TokenLearner -> block -> TokenFuser layer is the identity on
   its residual, so the model is exactly the plain ViT of its first `loc` layers."""
   _, tl_model, params, x = init_model(make_config(num_layers=4, num_tokens=3, loc=2, fuser=True))
-  params = dict(params, head=randomise(params['head']))
+  params = dict(params, head=randomise(params['head'], scale=0.1))
   _, vit, vit_params, _ = init_model(make_config(num_layers=2, num_tokens=0))
   shared = jax.tree.map(lambda a: a, params)
   shared['Transformer'] = {k: v for k, v in params['Transformer'].items()
@@ -60,12 +47,12 @@ def test_fresh_fuser_model_equals_plain_vit_of_loc_layers():
   assert len(aux['attention_maps']) == 2 and aux['attention_maps'][0].shape == (2, 3, 4, 4)
 
 
-def test_fig3a_later_layers_see_only_the_learned_tokens():
+def test_fig3a_later_layers_see_only_the_learned_tokens(randomise):
   """Fig. 3(a): with the TokenLearner before layer loc, later blocks see S tokens, so the output
   is invariant to permuting the patch positions whenever the earlier blocks are (loc=0, v1.1)."""
   config = make_config(num_layers=2, num_tokens=3, loc=0, version='v1.1')
   _, model, params, x = init_model(config)
-  params = randomise(params)
+  params = randomise(params, scale=0.1)
   params['Transformer']['posembed_input']['pos_embedding'] = jnp.zeros_like(
       params['Transformer']['posembed_input']['pos_embedding'])
   out, _ = model.apply({'params': params}, x, train=False)
@@ -77,7 +64,7 @@ def test_fig3a_later_layers_see_only_the_learned_tokens():
   np.testing.assert_allclose(out_p, out, rtol=1e-4, atol=1e-5)
   # ... and not in the plain ViT with position embeddings (a test that can fail).
   _, vit, vit_params, _ = init_model(make_config(num_layers=2, num_tokens=0))
-  vit_params = randomise(vit_params)
+  vit_params = randomise(vit_params, scale=0.1)
   assert not np.allclose(vit.apply({'params': vit_params}, xp, train=False)[0],
                          vit.apply({'params': vit_params}, x, train=False)[0], atol=1e-4)
 
@@ -136,20 +123,20 @@ def test_token_classifier_and_head_init():
   assert aux['pre_logits'].shape == (2, 8)
 
 
-def test_bfloat16_compute_keeps_float32_params():
+def test_bfloat16_compute_keeps_float32_params(randomise):
   _, model, params, x = init_model(make_config(num_layers=2, num_tokens=2, loc=1, fuser=True,
                                                dtype='bfloat16'))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  logits, _ = model.apply({'params': randomise(params)}, x, train=False)
+  logits, _ = model.apply({'params': randomise(params, scale=0.1)}, x, train=False)
   assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
 
 
 # ----------------------------------------------------------------------------- regularisers
 @pytest.mark.parametrize('field', ['dropout_rate', 'attention_dropout_rate', 'stochastic_depth'])
-def test_each_regulariser_acts_in_training_only(field):
+def test_each_regulariser_acts_in_training_only(field, randomise):
   base = make_config(num_layers=3, num_tokens=2, loc=1, fuser=True)
   _, model0, params, x = init_model(base)
-  params = randomise(params)
+  params = randomise(params, scale=0.1)
   config = make_config(num_layers=3, num_tokens=2, loc=1, fuser=True, **{field: 0.4})
   _, model, _, _ = init_model(config)
   run = lambda m, train, k: m.apply({'params': params}, x, train=train,
@@ -162,11 +149,11 @@ def test_each_regulariser_acts_in_training_only(field):
 
 
 @pytest.mark.parametrize('version', ['v1', 'v1.1'])
-def test_every_parameter_receives_a_gradient(version):
+def test_every_parameter_receives_a_gradient(version, randomise):
   _, model, params, x = init_model(make_config(num_layers=3, num_tokens=2, loc=1, fuser=True,
                                                version=version, classifier='gap',
                                                representation_size=8))
-  params = randomise(params)
+  params = randomise(params, scale=0.1)
   labels = jnp.array([0, 3])
 
   def loss(p):
@@ -179,9 +166,9 @@ def test_every_parameter_receives_a_gradient(version):
 
 # ----------------------------------------------------------------------------- sizes
 def test_vit_b16_parameter_count():
-  config = make_config(variant='B/16', image_size=224, num_tokens=0, classifier='token')
-  config.model.num_classes = 1000
-  assert count_params(abstract_params(ModelConfig.from_config(config))) == 86_567_656  # 86.6 M
+  config = make_config(variant='B/16', image_size=224, num_tokens=0, classifier='token',
+                       num_classes=1000)
+  assert count_params(abstract_params(config)) == 86_567_656  # 86.6 M
 
 
 ISSUE_ROWS = {'ViT B/16', 'B/16, 8-TL at 6', 'B/16, 8-TL at 6 + fuser', 'B/16, 16-TL at 6',
@@ -226,11 +213,18 @@ def test_flops_command_line():
     (dict(name='vivit', num_frames=7), 'num_frames'),
     (dict(name='resnet'), 'name'),
     (dict(stochastic_depth=1.5), 'stochastic_depth'),
+    (dict(num_layer=3), 'config.model.num_layer is not a field of config.model'),
+    (dict(tokenlearner_loc=3), 'config.model.tokenlearner_loc is not a field'),
 ])
 def test_bad_config_names_the_field(change, field):
   change = dict(dict(variant='B/16', image_size=224), **change)
   with pytest.raises(ValueError, match=field):
-    ModelConfig.from_config(make_config(**change))
+    make_config(**change)
+
+
+def test_misspelt_tokenlearner_field_is_an_error():
+  with pytest.raises(ValueError, match='config.model.tokenlearner.num_token is not a field'):
+    ModelConfig.from_dict(dict(variant='Mu/4', tokenlearner=dict(num_token=4)), image_size=16)
 
 
 def test_config_is_locked_and_overridable():
@@ -240,4 +234,4 @@ def test_config_is_locked_and_overridable():
   with pytest.raises(AttributeError):
     config.model.tokenlearner.num_tokns = 3
   config.model.num_layers = 21  # a typed placeholder accepts an int
-  assert ModelConfig.from_config(config).num_layers == 21
+  assert model_and_data(config)[0].num_layers == 21

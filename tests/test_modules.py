@@ -98,24 +98,16 @@ def _init(module, *args, **kwargs):
   return jax.tree.map(np.asarray, variables['params'])
 
 
-def _randomise(params, seed=1, scale=0.5):
-  """Non-trivial values for every parameter (zero / one initialisations hide mistakes)."""
-  leaves, treedef = jax.tree.flatten(params)
-  rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(treedef, [
-      np.asarray(l + scale * rng.standard_normal(l.shape), np.float32) for l in leaves])
-
-
 def _x(shape, seed=0):
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- values
 @pytest.mark.parametrize('pooling', ['sum', 'mean'])
-def test_v1_matches_numpy_eq1(pooling):
+def test_v1_matches_numpy_eq1(pooling, randomise):
   x = _x((2, 5, 7, 6))  # non-square grid
   module = TokenLearner(num_tokens=3, pooling=pooling)
-  params = _randomise(_init(module, x))
+  params = randomise(_init(module, x))
   tokens, maps = module.apply({'params': params}, x)
   want_tokens, want_maps = np_tokenlearner_v1(x.astype(np.float64), params, pooling=pooling)
   assert tokens.shape == (2, 3, 6) and maps.shape == (2, 3, 5, 7)
@@ -123,10 +115,10 @@ def test_v1_matches_numpy_eq1(pooling):
   np.testing.assert_allclose(tokens, want_tokens, RTOL, ATOL)
 
 
-def test_v11_matches_numpy():
+def test_v11_matches_numpy(randomise):
   x = _x((2, 4, 6, 5))
   module = TokenLearnerV11(num_tokens=3, bottleneck_dim=7)
-  params = _randomise(_init(module, x))
+  params = randomise(_init(module, x))
   tokens, maps = module.apply({'params': params}, x)
   want_tokens, want_maps = np_tokenlearner_v11(x.astype(np.float64), params)
   np.testing.assert_allclose(maps, want_maps, RTOL, ATOL)
@@ -134,31 +126,31 @@ def test_v11_matches_numpy():
 
 
 @pytest.mark.parametrize('mixing', ['global', 'per_frame'])
-def test_fuser_matches_numpy_eq2(mixing):
+def test_fuser_matches_numpy_eq2(mixing, randomise):
   residual = _x((2, 3, 4, 5, 6))  # [B, T, H, W, C]
   tokens = _x((2, 3 * 2, 6), seed=1)  # S = 2 tokens per frame
   module = TokenFuser(mixing=mixing, mlp_dim=7)
-  params = _randomise(_init(module, tokens, residual))  # token mixing no longer zero
+  params = randomise(_init(module, tokens, residual))  # token mixing no longer zero
   out = module.apply({'params': params}, tokens, residual)
   want = np_tokenfuser(tokens.astype(np.float64), residual.astype(np.float64), params, mixing)
   np.testing.assert_allclose(out, want, RTOL, ATOL)
 
 
-def test_fuser_image_matches_numpy():
+def test_fuser_image_matches_numpy(randomise):
   residual = _x((2, 4, 3, 5))
   tokens = _x((2, 4, 5), seed=1)
   module = TokenFuser(mlp_dim=6)
-  params = _randomise(_init(module, tokens, residual))
+  params = randomise(_init(module, tokens, residual))
   out = module.apply({'params': params}, tokens, residual)
   want = np_tokenfuser(tokens.astype(np.float64), residual[:, None].astype(np.float64), params)
   np.testing.assert_allclose(out, want[:, 0], RTOL, ATOL)
 
 
 # ----------------------------------------------------------------------------- properties
-def test_v11_weights_sum_to_one_over_positions():
+def test_v11_weights_sum_to_one_over_positions(randomise):
   x = _x((3, 2, 5, 6, 4))  # video: the sum is over each frame's positions
   module = TokenLearnerV11(num_tokens=4, dropout_rate=0.3)
-  params = _randomise(_init(module, x))
+  params = randomise(_init(module, x))
   for train in (False, True):
     _, maps = module.apply({'params': params}, x, train=train, rngs={'dropout': jax.random.key(3)})
     assert maps.shape == (3, 2, 4, 5, 6)
@@ -175,10 +167,10 @@ def test_fresh_fuser_returns_residual_exactly():
 
 
 @pytest.mark.parametrize('cls', [TokenLearner, TokenLearnerV11])
-def test_video_equals_per_frame_image(cls):
+def test_video_equals_per_frame_image(cls, randomise):
   video = _x((2, 3, 4, 5, 6))
   module = cls(num_tokens=2)
-  params = _randomise(_init(module, video))
+  params = randomise(_init(module, video))
   tokens, maps = module.apply({'params': params}, video)
   assert tokens.shape == (2, 3 * 2, 6)
   for t in range(3):
@@ -187,10 +179,10 @@ def test_video_equals_per_frame_image(cls):
     np.testing.assert_allclose(maps[:, t], frame_maps, RTOL, ATOL)
 
 
-def test_fuser_per_frame_video_equals_per_frame_image():
+def test_fuser_per_frame_video_equals_per_frame_image(randomise):
   video, tokens = _x((2, 3, 4, 5, 6)), _x((2, 6, 6), seed=3)
   module = TokenFuser(mixing='per_frame')
-  params = _randomise(_init(module, tokens, video))
+  params = randomise(_init(module, tokens, video))
   out = module.apply({'params': params}, tokens, video)
   for t in range(3):
     frame = module.apply({'params': params}, tokens[:, 2 * t:2 * t + 2], video[:, t])
@@ -198,10 +190,10 @@ def test_fuser_per_frame_video_equals_per_frame_image():
 
 
 @pytest.mark.parametrize('cls', [TokenLearner, TokenLearnerV11])
-def test_sequence_input_equals_grid_input(cls):
+def test_sequence_input_equals_grid_input(cls, randomise):
   video = _x((2, 3, 4, 5, 6))
   module = cls(num_tokens=2)
-  params = _randomise(_init(module, video))
+  params = randomise(_init(module, video))
   grid_tokens, grid_maps = module.apply({'params': params}, video)
   seq_tokens, seq_maps = module.apply({'params': params}, video.reshape(2, 60, 6), (3, 4, 5))
   np.testing.assert_allclose(seq_tokens, grid_tokens, RTOL, ATOL)
@@ -210,10 +202,10 @@ def test_sequence_input_equals_grid_input(cls):
     module.apply({'params': params}, video.reshape(2, 60, 6), (4, 4))
 
 
-def test_v11_permuting_positions_permutes_nothing_in_tokens():
+def test_v11_permuting_positions_permutes_nothing_in_tokens(randomise):
   x = _x((2, 6, 6, 5))
   module = TokenLearnerV11(num_tokens=3)
-  params = _randomise(_init(module, x))
+  params = randomise(_init(module, x))
   tokens, maps = module.apply({'params': params}, x)
   perm = np.random.default_rng(0).permutation(36)
   xp = x.reshape(2, 36, 5)[:, perm].reshape(2, 6, 6, 5)
@@ -223,10 +215,10 @@ def test_v11_permuting_positions_permutes_nothing_in_tokens():
                              ATOL)
 
 
-def test_fuser_is_equivariant_to_position_permutations():
+def test_fuser_is_equivariant_to_position_permutations(randomise):
   residual, tokens = _x((2, 4, 4, 5)), _x((2, 3, 5), seed=4)
   module = TokenFuser()
-  params = _randomise(_init(module, tokens, residual))
+  params = randomise(_init(module, tokens, residual))
   out = module.apply({'params': params}, tokens, residual).reshape(2, 16, 5)
   perm = np.random.default_rng(1).permutation(16)
   rp = residual.reshape(2, 16, 5)[:, perm].reshape(2, 4, 4, 5)
@@ -234,21 +226,21 @@ def test_fuser_is_equivariant_to_position_permutations():
   np.testing.assert_allclose(out_p, out[:, perm], RTOL, ATOL)
 
 
-def test_tokens_use_unnormalised_input():
+def test_tokens_use_unnormalised_input(randomise):
   """Scaling X scales the v1.1 tokens: the LayerNorm feeds only alpha (its maps are unchanged)."""
   x = _x((1, 4, 4, 6))
   module = TokenLearnerV11(num_tokens=2)
-  params = _randomise(_init(module, x))
+  params = randomise(_init(module, x))
   tokens, maps = module.apply({'params': params}, x)
   tokens3, maps3 = module.apply({'params': params}, 3.0 * x)
   np.testing.assert_allclose(maps3, maps, 1e-4, 1e-5)
   np.testing.assert_allclose(tokens3, 3.0 * tokens, 1e-4, 1e-4)
 
 
-def test_v11_dropout_acts_only_in_training():
+def test_v11_dropout_acts_only_in_training(randomise):
   x = _x((2, 4, 4, 6))
   module = TokenLearnerV11(num_tokens=2, dropout_rate=0.5)
-  params = _randomise(_init(module, x))
+  params = randomise(_init(module, x))
   apply = lambda train, k: module.apply({'params': params}, x, train=train,
                                         rngs={'dropout': jax.random.key(k)})[0]
   np.testing.assert_array_equal(apply(False, 0), apply(False, 1))
@@ -256,10 +248,10 @@ def test_v11_dropout_acts_only_in_training():
   assert not np.allclose(apply(True, 0), apply(True, 1))
 
 
-def test_fuser_dropout_acts_only_in_training():
+def test_fuser_dropout_acts_only_in_training(randomise):
   residual, tokens = _x((2, 4, 4, 5)), _x((2, 3, 5), seed=4)
   module = TokenFuser(dropout_rate=0.5)
-  params = _randomise(_init(module, tokens, residual))
+  params = randomise(_init(module, tokens, residual))
   apply = lambda train, k: module.apply({'params': params}, tokens, residual, train=train,
                                         rngs={'dropout': jax.random.key(k)})
   np.testing.assert_array_equal(apply(False, 0), apply(False, 1))
@@ -267,11 +259,11 @@ def test_fuser_dropout_acts_only_in_training():
 
 
 @pytest.mark.parametrize('cls', [TokenLearner, TokenLearnerV11])
-def test_every_module_parameter_gets_a_gradient(cls):
+def test_every_module_parameter_gets_a_gradient(cls, randomise):
   x = _x((2, 4, 4, 6))
   tl, fuser = cls(num_tokens=3), TokenFuser()
-  p_tl = _randomise(_init(tl, x))
-  p_fu = _randomise(_init(fuser, jnp.zeros((2, 3, 6)), x))
+  p_tl = randomise(_init(tl, x))
+  p_fu = randomise(_init(fuser, jnp.zeros((2, 3, 6)), x))
 
   def loss(p):
     tokens, _ = tl.apply({'params': p[0]}, x)

@@ -60,7 +60,9 @@ def summary(model_cfg: ModelConfig) -> str:
 
 def main(argv):
   del argv
-  print(summary(ModelConfig.from_config(_CONFIG.value)))
+  # The boundary reads the dataset section too (TensorFlow); the library functions above do not.
+  from token_learner.experiment import model_and_data  # pylint: disable=g-import-not-at-top
+  print(summary(model_and_data(_CONFIG.value)[0]))
 
 
 if __name__ == '__main__':

@@ -1,11 +1,15 @@
-"""Typed, validated model description: the one boundary between ConfigDicts and the models.
+"""`config.model` as a typed, validated, frozen dataclass: what a ViT / ViViT (+ TokenLearner) needs.
 
-`ModelConfig.from_config(config)` reads `config.model` (and the input geometry from
-`config.dataset`), checks every field and raises a `ValueError` naming the field and its allowed
-values before anything is traced or compiled. Below this boundary code never sees a ConfigDict.
+`ModelConfig.from_dict(section, image_size=..., num_frames=...)` takes the model section as a
+plain dict (the boundary, `token_learner.experiment`, passes the input geometry from the dataset
+section), rejects unknown keys and checks every field, raising a `ValueError` that names the field
+and its allowed values before anything is traced. The field defaults here are the project's only
+model defaults; `configs/common.py` builds its `config.model` sections from them.
 """
 import dataclasses
 from typing import Optional, Tuple
+
+from token_learner import fields
 
 # ViT sizes (Dosovitskiy et al. 2021, Table 1): width, depth, heads, MLP size. Patch from the name.
 _SIZES = {
@@ -25,69 +29,159 @@ FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
 DTYPES = ('float32', 'bfloat16', 'float16')
-
-
-def _choice(field, value, allowed):
-  if value not in allowed:
-    raise ValueError(f'{field}={value!r} is not one of {list(allowed)}')
-
-
-def _nonneg(field, value, allow_zero=True):
-  if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-    raise ValueError(f'{field}={value!r} must be an integer >= {0 if allow_zero else 1}')
-
-
-def _rate(field, value):
-  if not 0.0 <= float(value) < 1.0:
-    raise ValueError(f'{field}={value!r} must be in [0, 1)')
+_TL = 'config.model.tokenlearner'
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenLearnerConfig:
-  """`config.model.tokenlearner` (see configs/common.py for each field's meaning)."""
-  num_tokens: int = 8
-  loc: int = 6
-  version: str = 'v1'
-  fuser: bool = False
+  """`config.model.tokenlearner`: the TokenLearner (§2.1) and its placement (§3.1, Fig. 3)."""
+  num_tokens: int = 8  # S, tokens per frame; 0 = no TokenLearner.
+  loc: int = 6  # The TokenLearner runs before encoder layer `loc` ("16-TL at 12" -> loc=12).
+  version: str = 'v1'  # 'v1' (conv alpha, sigmoid) or 'v1.1' (MLP alpha, softmax over space).
+  fuser: bool = False  # False = Fig. 3(a); True = Fig. 3(b), TokenLearner -> block -> fuser.
+  # What maps tokens back to the grid when fuser=True (§3.5.3, Fig. 7): 'tokenfuser' (Eq. 2),
+  # 'unpool' (the TokenLearner's own maps), 'reprojection'.
   fuser_type: str = 'tokenfuser'
-  fuser_mixing: str = 'global'
-  fuser_mlp_dim: int = 64
-  pooling: str = 'sum'
-  bottleneck_dim: int = 64
-  dropout_rate: float = 0.0
+  fuser_mixing: str = 'global'  # token mixing R^{ST}->R^{ST}; 'per_frame': S x S per frame.
+  fuser_mlp_dim: int = 64  # hidden width of the fuser's beta MLP (Eq. 2).
+  pooling: str = 'sum'  # rho of Eq. 1 for the tokens: 'sum' or 'mean' over positions.
+  bottleneck_dim: int = 64  # v1.1 alpha MLP hidden width.
+  dropout_rate: float = 0.0  # v1.1 alpha MLP and fuser dropout.
+
+  def __post_init__(self):
+    fields.check_int(f'{_TL}.num_tokens', self.num_tokens)
+    if self.num_tokens == 0:
+      if self.fuser:
+        raise ValueError(f'{_TL}.fuser=True needs a TokenLearner: set {_TL}.num_tokens > 0')
+      return
+    fields.check_choice(f'{_TL}.version', self.version, VERSIONS)
+    fields.check_choice(f'{_TL}.fuser_type', self.fuser_type, FUSER_TYPES)
+    fields.check_choice(f'{_TL}.fuser_mixing', self.fuser_mixing, FUSER_MIXINGS)
+    fields.check_choice(f'{_TL}.pooling', self.pooling, POOLINGS)
+    fields.check_int(f'{_TL}.bottleneck_dim', self.bottleneck_dim, 1)
+    fields.check_int(f'{_TL}.fuser_mlp_dim', self.fuser_mlp_dim, 1)
+    fields.check_number(f'{_TL}.dropout_rate', self.dropout_rate, 0.0, 1.0, below_max=True)
+    fields.check_int(f'{_TL}.loc', self.loc)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything a ViT / ViViT (+ TokenLearner) needs; built by `from_config`."""
-  name: str
-  variant: str
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  patch_size: int
-  num_classes: int
-  classifier: str = 'gap'
-  representation_size: Optional[int] = None
+  """`config.model`, plus the input geometry of `config.dataset` (set by the boundary)."""
+  name: str = 'vit'  # 'vit' (images, [B, H, W, 3]) or 'vivit' (video, [B, T, H, W, 3]).
+  variant: str = 'B/16'  # ViT size/patch (VARIANTS).
+  num_classes: int = 1000  # size of the classification head.
+  num_layers: Optional[int] = None  # None: the variant's depth.
+  classifier: str = 'gap'  # 'gap' or 'token' (CLS; plain ViT / ViViT only).
+  representation_size: Optional[int] = None  # pre-logits width; None: no pre-logits.
   head_bias_init: float = 0.0
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  tubelet_size: int = 1
-  dtype: str = 'float32'
+  stochastic_depth: float = 0.0  # drop-path rate of the last layer, linear in depth from 0.
+  tubelet_size: int = 2  # temporal extent t of a ViViT tubelet (t x p x p); unused by 'vit'.
+  dtype: str = 'float32'  # compute dtype ('bfloat16' for mixed precision); params stay float32.
+  # Baseline of §3.5.2 / Table 6: k x k average pooling of the token grid before given layers,
+  # as (layer, k) pairs, e.g. ((9, 2), (18, 2)). Not combinable with a TokenLearner.
   spatial_pooling: Tuple[Tuple[int, int], ...] = ()
-  tokenlearner: TokenLearnerConfig = TokenLearnerConfig(num_tokens=0)
-  # Input geometry, from config.dataset (used for validation and FLOPs).
-  image_size: Tuple[int, int] = (224, 224)
-  num_frames: int = 1
+  tokenlearner: TokenLearnerConfig = TokenLearnerConfig()
+  # Input geometry, from config.dataset (validation, input shape, FLOPs).
+  image_size: Tuple[int, int] = fields.derived((224, 224))
+  num_frames: int = fields.derived(1)
+
+  @classmethod
+  def from_dict(cls, section, *, image_size=(224, 224), num_frames: int = 1) -> 'ModelConfig':
+    """The model section (a dict) -> ModelConfig; unknown keys and bad values are ValueErrors."""
+    section = dict(section or {})
+    tl = fields.from_dict(TokenLearnerConfig, section.pop('tokenlearner', {}), _TL)
+    return fields.from_dict(cls, section, 'config.model', tokenlearner=tl,
+                            image_size=image_size, num_frames=num_frames)
+
+  def __post_init__(self):
+    fields.check_choice('config.model.name', self.name, MODELS)
+    fields.check_choice('config.model.variant', self.variant, VARIANTS)
+    if isinstance(self.tokenlearner, dict):
+      fields.set_field(self, 'tokenlearner',
+                       fields.from_dict(TokenLearnerConfig, self.tokenlearner, _TL))
+    if self.num_layers is None:
+      fields.set_field(self, 'num_layers', _SIZES[self.variant.split('/')[0]][1])
+    fields.check_int('config.model.num_layers', self.num_layers, 1)
+    fields.check_int('config.model.num_classes', self.num_classes, 1)
+    fields.check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
+    fields.check_choice('config.model.dtype', self.dtype, DTYPES)
+    for rate in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth'):
+      fields.check_number(f'config.model.{rate}', getattr(self, rate), 0.0, 1.0, below_max=True)
+    fields.check_number('config.model.head_bias_init', self.head_bias_init, -float('inf'))
+    if self.representation_size is not None:
+      fields.check_int('config.model.representation_size', self.representation_size, 1)
+    fields.check_int('config.model.tubelet_size', self.tubelet_size, 1)
+    self._check_tokenlearner()
+    self._check_geometry()
+    self._check_spatial_pooling()
+
+  def _check_tokenlearner(self):
+    tl = self.tokenlearner
+    if not tl.num_tokens:
+      return
+    if not 0 <= tl.loc <= self.num_layers:
+      raise ValueError(f'{_TL}.loc={tl.loc!r} must be in [0, num_layers={self.num_layers}]')
+    if self.classifier == 'token':
+      raise ValueError("config.model.classifier='token' cannot be used with a TokenLearner "
+                       f"({_TL}.num_tokens > 0); use 'gap'")
+
+  def _check_geometry(self):
+    size = self.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    fields.set_field(self, 'image_size', size)
+    for s in size:
+      if s % self.patch_size:
+        raise ValueError(f'config.dataset.image_size={size} is not divisible by the patch size '
+                         f'{self.patch_size} of config.model.variant={self.variant!r}')
+    if not self.is_video:
+      fields.set_field(self, 'num_frames', 1)
+      return
+    fields.check_int('config.dataset.num_frames', self.num_frames, 1)
+    if self.num_frames % self.tubelet_size:
+      raise ValueError(f'config.dataset.num_frames={self.num_frames} is not divisible by '
+                       f'config.model.tubelet_size={self.tubelet_size}')
+
+  def _check_spatial_pooling(self):
+    pooling = tuple(tuple(p) for p in (self.spatial_pooling or ()))
+    fields.set_field(self, 'spatial_pooling', pooling)
+    if not pooling:
+      return
+    if self.uses_tokenlearner or self.classifier == 'token':
+      raise ValueError('config.model.spatial_pooling needs num_tokens=0 and classifier=gap')
+    _, gh, gw = self.grid_shape
+    for layer, k in pooling:
+      if not 0 <= layer <= self.num_layers or k < 1:
+        raise ValueError(f'config.model.spatial_pooling entry {(layer, k)} needs 0 <= layer <= '
+                         f'{self.num_layers} and k >= 1')
+      if gh % k or gw % k:
+        raise ValueError(f'config.model.spatial_pooling: a {k}x{k} pool at layer {layer} does '
+                         'not divide the token grid')
+      gh, gw = gh // k, gw // k
 
   @property
-  def is_video(self):
+  def hidden_size(self) -> int:
+    return _SIZES[self.variant.split('/')[0]][0]
+
+  @property
+  def num_heads(self) -> int:
+    return _SIZES[self.variant.split('/')[0]][2]
+
+  @property
+  def mlp_dim(self) -> int:
+    return _SIZES[self.variant.split('/')[0]][3]
+
+  @property
+  def patch_size(self) -> int:
+    return int(self.variant.split('/')[1])
+
+  @property
+  def is_video(self) -> bool:
     return self.name == 'vivit'
 
   @property
-  def uses_tokenlearner(self):
+  def uses_tokenlearner(self) -> bool:
     return self.tokenlearner.num_tokens > 0
 
   @property
@@ -101,85 +195,3 @@ class ModelConfig:
     """Shape of one example: [H, W, 3] or [T, H, W, 3]."""
     hw = (*self.image_size, 3)
     return (self.num_frames, *hw) if self.is_video else hw
-
-  @classmethod
-  def from_config(cls, config):
-    """Validates `config.model` / `config.dataset` and returns a ModelConfig.
-
-    Raises:
-      ValueError: naming the offending field and the allowed values.
-    """
-    m = config.model
-    _choice('config.model.name', m.name, MODELS)
-    _choice('config.model.variant', m.variant, VARIANTS)
-    size, patch = m.variant.split('/')
-    hidden, depth, heads, mlp = _SIZES[size]
-    num_layers = depth if m.get('num_layers') is None else m.num_layers
-    _nonneg('config.model.num_layers', num_layers, allow_zero=False)
-    _nonneg('config.model.num_classes', m.num_classes, allow_zero=False)
-    _choice('config.model.classifier', m.classifier, CLASSIFIERS)
-    _choice('config.model.dtype', m.dtype, DTYPES)
-    for rate in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth'):
-      _rate(f'config.model.{rate}', m[rate])
-    if m.get('representation_size') is not None:
-      _nonneg('config.model.representation_size', m.representation_size, allow_zero=False)
-
-    t = m.tokenlearner
-    _nonneg('config.model.tokenlearner.num_tokens', t.num_tokens)
-    tl = TokenLearnerConfig(**t.to_dict())
-    if tl.num_tokens > 0:
-      _choice('config.model.tokenlearner.version', tl.version, VERSIONS)
-      _choice('config.model.tokenlearner.fuser_type', tl.fuser_type, FUSER_TYPES)
-      _choice('config.model.tokenlearner.fuser_mixing', tl.fuser_mixing, FUSER_MIXINGS)
-      _choice('config.model.tokenlearner.pooling', tl.pooling, POOLINGS)
-      _nonneg('config.model.tokenlearner.bottleneck_dim', tl.bottleneck_dim, allow_zero=False)
-      _nonneg('config.model.tokenlearner.fuser_mlp_dim', tl.fuser_mlp_dim, allow_zero=False)
-      _rate('config.model.tokenlearner.dropout_rate', tl.dropout_rate)
-      if not isinstance(tl.loc, int) or not 0 <= tl.loc <= num_layers:
-        raise ValueError(f'config.model.tokenlearner.loc={tl.loc!r} must be in '
-                         f'[0, num_layers={num_layers}]')
-      if m.classifier == 'token':
-        raise ValueError("config.model.classifier='token' cannot be used with a TokenLearner "
-                         "(config.model.tokenlearner.num_tokens > 0); use 'gap'")
-    elif tl.fuser:
-      raise ValueError('config.model.tokenlearner.fuser=True needs a TokenLearner: set '
-                       'config.model.tokenlearner.num_tokens > 0')
-
-    pooling = tuple(tuple(p) for p in (m.get('spatial_pooling') or ()))
-    for layer, k in pooling:
-      if not 0 <= layer <= num_layers or k < 1:
-        raise ValueError(f'config.model.spatial_pooling entry {(layer, k)} needs 0 <= layer <= '
-                         f'{num_layers} and k >= 1')
-    if pooling and (tl.num_tokens > 0 or m.classifier == 'token'):
-      raise ValueError('config.model.spatial_pooling needs num_tokens=0 and classifier=gap')
-
-    d = config.dataset
-    image_size = d.image_size
-    image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    for s in image_size:
-      if s % int(patch):
-        raise ValueError(f'config.dataset.image_size={d.image_size} is not divisible by the '
-                         f'patch size {patch} of config.model.variant={m.variant!r}')
-    num_frames, tubelet = 1, 1
-    if m.name == 'vivit':
-      num_frames, tubelet = d.num_frames, m.tubelet_size
-      _nonneg('config.dataset.num_frames', num_frames, allow_zero=False)
-      _nonneg('config.model.tubelet_size', tubelet, allow_zero=False)
-      if num_frames % tubelet:
-        raise ValueError(f'config.dataset.num_frames={num_frames} is not divisible by '
-                         f'config.model.tubelet_size={tubelet}')
-    cfg = cls(name=m.name, variant=m.variant, hidden_size=hidden, num_layers=num_layers,
-              num_heads=heads, mlp_dim=mlp, patch_size=int(patch), num_classes=m.num_classes,
-              classifier=m.classifier, representation_size=m.get('representation_size'),
-              head_bias_init=float(m.head_bias_init), dropout_rate=float(m.dropout_rate),
-              attention_dropout_rate=float(m.attention_dropout_rate),
-              stochastic_depth=float(m.stochastic_depth), tubelet_size=tubelet, dtype=m.dtype,
-              spatial_pooling=pooling, tokenlearner=tl, image_size=image_size,
-              num_frames=num_frames)
-    _, gh, gw = cfg.grid_shape
-    for layer, k in pooling:
-      gh, gw = (gh // k, gw // k) if (gh % k == 0 and gw % k == 0) else (None, None)
-      if gh is None:
-        raise ValueError(f'config.model.spatial_pooling: a {k}x{k} pool at layer {layer} does '
-                         'not divide the token grid')
-    return cfg

@@ -2,7 +2,7 @@
 
     params = init_from(params, config.init_from, model_cfg)   # after model.init, before training
 
-`config.init_from` (a ConfigDict or dict): path ('' = nothing to load), kind ('vit_npz' |
+`config.init_from` is an `InitConfig`: path ('' = nothing to load), kind ('vit_npz' |
 'checkpoint'), inflation ('central_frame' | 'average'), load_head (False: the head is re-created
 for the new classes).
 
@@ -23,7 +23,7 @@ Key layouts read: vit_jax (`Transformer/encoderblock_{i}/MlpBlock_3/...`, as thi
 models), big_vision (`params/` prefix, top-level `pos_embedding`, `MlpBlock_0` / `LayerNorm_1` /
 `MultiHeadDotProductAttention_0`, or a scanned `encoderblock` with a leading layer axis).
 """
-import os
+import dataclasses
 import re
 from typing import Dict
 
@@ -31,7 +31,10 @@ from absl import logging
 import jax
 import numpy as np
 
+from token_learner import fields
 from token_learner.model_config import ModelConfig
+from token_learner.tree import flatten, unflatten
+from token_learner.train import checkpoints
 
 KINDS = ('vit_npz', 'checkpoint')
 INFLATIONS = ('central_frame', 'average')
@@ -41,28 +44,17 @@ _POSEMB = 'Transformer/posembed_input/pos_embedding'
 _FRESH = re.compile(r'^(head|pre_logits)/|^Transformer/(tokenlearner|fuser)_\d+/')
 
 
-def flatten(tree, prefix='') -> Dict[str, np.ndarray]:
-  """Nested dict -> {'a/b/c': array}."""
-  flat = {}
-  for k, v in tree.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, dict) or hasattr(v, 'items'):
-      flat.update(flatten(v, key + '/'))
-    else:
-      flat[key] = np.asarray(v)
-  return flat
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+  """`config.init_from`: where the initial weights come from ('' = a fresh initialisation)."""
+  path: str = ''  # a .npz (vit_jax / big_vision / save_npz) or a workdir / checkpoint folder
+  kind: str = 'vit_npz'  # KINDS
+  inflation: str = 'central_frame'  # image -> video patch kernel (INFLATIONS)
+  load_head: bool = False  # False: the head is re-created for the new task
 
-
-def unflatten(flat: Dict[str, np.ndarray]):
-  """{'a/b/c': array} -> nested dict."""
-  tree = {}
-  for key, v in flat.items():
-    node = tree
-    *path, last = key.split('/')
-    for p in path:
-      node = node.setdefault(p, {})
-    node[last] = v
-  return tree
+  def __post_init__(self):
+    fields.check_choice('config.init_from.kind', self.kind, KINDS)
+    fields.check_choice('config.init_from.inflation', self.inflation, INFLATIONS)
 
 
 def save_npz(path: str, params):
@@ -91,35 +83,6 @@ def _canonical_keys(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return out
 
 
-def _resolve_checkpoint_dir(path: str) -> str:
-  """workdir | workdir/checkpoints | .../checkpoints/<step> | .../<step>/default -> item dir."""
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    path = os.path.join(path, 'checkpoints')
-  steps = [d for d in os.listdir(path) if d.isdigit()]
-  if steps:
-    path = os.path.join(path, max(steps, key=int))
-  if os.path.isdir(os.path.join(path, 'default')):
-    path = os.path.join(path, 'default')
-  return path
-
-
-def restore_checkpoint_params(path: str):
-  """Parameters of an orbax checkpoint as numpy, whatever devices or processes wrote it.
-
-  `path`: a workdir, its `checkpoints/` folder, a step folder or the step's item folder (the
-  newest step is taken). The restore target is built from the checkpoint's own metadata with a
-  single-device sharding, so a checkpoint written by a multi-process run loads anywhere.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(_resolve_checkpoint_dir(path))
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        dict(checkpointer.metadata(path).item_metadata.tree))
-  restored = jax.device_get(checkpointer.restore(path, target))
-  return restored.get('params', restored)
-
-
 def load_flat(path: str, kind: str) -> Dict[str, np.ndarray]:
   """Reads a `.npz` (either kind) or an orbax checkpoint (kind 'checkpoint') into {key: array}."""
   if kind not in KINDS:
@@ -128,7 +91,7 @@ def load_flat(path: str, kind: str) -> Dict[str, np.ndarray]:
     with open(path, 'rb') as f, np.load(f) as data:
       flat = {k: np.asarray(data[k]) for k in data.files}
   elif kind == 'checkpoint':
-    flat = flatten(restore_checkpoint_params(path))
+    flat = {k: np.asarray(v) for k, v in flatten(checkpoints.restore_params(path)).items()}
   else:
     raise ValueError(f"config.init_from.path={path!r}: kind 'vit_npz' needs a .npz file")
   return _canonical_keys(flat)
@@ -258,23 +221,19 @@ def map_params(params, src: Dict[str, np.ndarray], model_cfg: ModelConfig,
   return jax.tree.map(np.asarray, unflatten(out))
 
 
-def init_from(params, init_cfg, model_cfg: ModelConfig):
-  """Applies `config.init_from` to freshly initialised `params`; a no-op if `path` is empty.
+def init_from(params, init: InitConfig, model_cfg: ModelConfig):
+  """Applies `config.init_from` to freshly initialised `params`; a no-op if `init.path` is empty.
 
   Args:
     params: the model's initial parameters (nested dict, e.g. from `model.init`).
-    init_cfg: ConfigDict / dict with path, kind, inflation (default 'central_frame'), load_head.
+    init: where to load from and how.
     model_cfg: the target model's ModelConfig (grid shape for the position embedding).
 
   Returns:
     A nested dict of numpy arrays shaped like `params`.
   """
-  if init_cfg is None or not init_cfg.get('path'):
+  if not init.path:
     return params
-  path, kind = init_cfg['path'], init_cfg.get('kind', 'vit_npz')
-  inflation = init_cfg.get('inflation', 'central_frame')
-  if inflation not in INFLATIONS:
-    raise ValueError(f'config.init_from.inflation={inflation!r} is not one of {list(INFLATIONS)}')
-  logging.info('Initialising from %s (%s, inflation %s)', path, kind, inflation)
-  return map_params(params, load_flat(path, kind), model_cfg, inflation,
-                    bool(init_cfg.get('load_head', False)))
+  logging.info('Initialising from %s (%s, inflation %s)', init.path, init.kind, init.inflation)
+  return map_params(params, load_flat(init.path, init.kind), model_cfg, init.inflation,
+                    init.load_head)

@@ -1,6 +1,6 @@
 """The paper's FLOPs rows as config overrides, and a table of paper value vs. ours.
 
-    python -m token_learner.paper_table            # markdown table, ~1 s per row
+    python -m tools.paper_table            # markdown table, ~1 s per row
 
 Each row is (table, description, base config file, overrides, paper GFLOPs). Resolutions the paper
 gives as 512 for L/14 and L/10 are not divisible by those patches; 504 (36x36) and 510 (51x51) are
@@ -8,8 +8,8 @@ the sizes whose FLOPs match the paper's rows.
 """
 import importlib
 
+from token_learner.experiment import model_and_data
 from token_learner.flops import count_flops_and_params
-from token_learner.model_config import ModelConfig
 
 IMAGE, VIDEO = 'configs.imagenet_tokenlearner', 'configs.kinetics400_tokenlearner'
 
@@ -86,7 +86,7 @@ def build_config(module_name, overrides):
 def measure(row):
   """`(gflops, params)` of one ROWS entry."""
   _, _, module_name, overrides, _ = row
-  return count_flops_and_params(ModelConfig.from_config(build_config(module_name, overrides)))
+  return count_flops_and_params(model_and_data(build_config(module_name, overrides))[0])
 
 
 def main():

@@ -1,6 +1,8 @@
-"""Video metrics: multi-label loss, Charades mAP, multi-view averaging (§5, §6.1.1).
+"""Losses and metrics: both cross-entropies, mixup, the clu metric collection, mAP (§5, §6.1.1).
 
-- `sigmoid_xent`: the multi-label loss of Charades (§6.1.1, "multi-class, multilabel"), jax.
+- `softmax_xent` (single-label) and `sigmoid_xent`, the multi-label loss of Charades (§6.1.1,
+  "multi-class, multilabel"), jax, per example; `LOSSES` maps `config.loss` to them.
+- `mixup`; `ClassificationMetrics`, the clu collection of eval loss, top-1 and top-5 accuracy.
 - `average_views`: a video's clips x crops views (Tables 8, 9: "4x3 = 12" views) merged into one
   prediction before any metric, jax or numpy.
 - `mean_average_precision`: Charades "v1 classification" mAP (Table 10), numpy, over the whole
@@ -9,17 +11,20 @@
 """
 from typing import Optional
 
+from clu import metrics
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-AVERAGES = ('logits', 'probs')
+from token_learner.train.config import VIEW_AVERAGES
 
 
-def multi_hot(labels, num_classes: int):
-  """`[B, L]` int class ids (-1 = none) -> `[B, K]` float32 0/1 targets (jax)."""
-  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # -1 -> all zeros.
-  return one_hot.max(axis=-2)
+def softmax_xent(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy. logits, targets: [B, C] -> [B]."""
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / targets.shape[-1]
+  return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
 def sigmoid_xent(logits, targets, label_smoothing: float = 0.0):
@@ -42,6 +47,66 @@ def sigmoid_xent(logits, targets, label_smoothing: float = 0.0):
   return loss.sum(axis=-1)
 
 
+LOSSES = {'softmax_xent': softmax_xent, 'sigmoid_xent': sigmoid_xent}
+
+
+def dense_targets(labels: jax.Array, num_classes: int):
+  """Integer labels [B] -> one-hot [B, C]; dense (e.g. multi-hot) [B, C] labels pass through."""
+  if labels.ndim == 1:
+    labels = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return labels.astype(jnp.float32)
+
+
+def top1_hits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """[B] 1.0 where the top-scoring class is a (the highest-weighted) target class."""
+  predicted = jnp.take_along_axis(targets, jnp.argmax(logits, -1)[:, None], axis=-1)[:, 0]
+  return ((predicted == targets.max(-1)) & (predicted > 0)).astype(jnp.float32)
+
+
+def mixup(rng: jax.Array, inputs: jax.Array, targets: jax.Array, alpha: float):
+  """Mixup (Zhang et al. 2018) with the batch rolled by one as partner (as big_vision)."""
+  lam = jax.random.beta(rng, alpha, alpha)
+  mix = lambda a: lam * a + (1.0 - lam) * jnp.roll(a, 1, axis=0)
+  return mix(inputs), mix(targets)
+
+
+@flax.struct.dataclass
+class MeanLoss(metrics.Average):
+  """Mean of the per-example `loss` over unmasked examples."""
+
+  @classmethod
+  def from_model_output(cls, *, loss, mask=None, **_):
+    return cls(**vars(metrics.Average.from_model_output(loss, mask=mask)))
+
+
+@flax.struct.dataclass
+class Top1Accuracy(metrics.Average):
+  """Top-1 accuracy; for multi-hot labels: the top class is one of the positives."""
+
+  @classmethod
+  def from_model_output(cls, *, logits, targets, mask=None, **_):
+    return cls(**vars(metrics.Average.from_model_output(top1_hits(logits, targets), mask=mask)))
+
+
+@flax.struct.dataclass
+class Top5Accuracy(metrics.Average):
+  """Top-5 accuracy: the label is among the 5 highest logits."""
+
+  @classmethod
+  def from_model_output(cls, *, logits, targets, mask=None, **_):
+    _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+    hit = jnp.take_along_axis(targets, top, axis=-1).max(-1) > 0
+    return cls(**vars(metrics.Average.from_model_output(hit.astype(jnp.float32), mask=mask)))
+
+
+@flax.struct.dataclass
+class ClassificationMetrics(metrics.Collection):
+  """Eval metrics of every task: mean loss, top-1 and top-5 accuracy over unmasked examples."""
+  loss: MeanLoss
+  accuracy: Top1Accuracy
+  top5_accuracy: Top5Accuracy
+
+
 def average_views(logits, how: str = 'logits', multi_label: bool = False):
   """Merges the V views (clips x crops) of each video into one prediction.
 
@@ -62,7 +127,7 @@ def average_views(logits, how: str = 'logits', multi_label: bool = False):
   if how == 'logits':
     return logits.mean(axis=1)
   if how != 'probs':
-    raise ValueError(f"how={how!r} is not one of {list(AVERAGES)}")
+    raise ValueError(f"how={how!r} is not one of {list(VIEW_AVERAGES)}")
   if multi_label:
     probs = 1.0 / (1.0 + xp.exp(-logits))
   else:

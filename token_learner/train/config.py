@@ -1,0 +1,116 @@
+"""The trainer's fields of an experiment config as a typed, validated, frozen dataclass.
+
+The top-level fields of a config (everything but the `model`, `dataset` and `init_from`
+sections) are `TrainConfig`'s; their defaults here are the only trainer defaults the project has
+(`configs/common.py` builds its configs from them). Checks that need the run's devices or the
+dataset size are in `for_run`, called once the mesh and the dataset are known.
+"""
+import dataclasses
+import math
+import re
+from typing import Any, Optional, Tuple
+
+from token_learner import fields
+
+OPTIMIZERS = ('adamw', 'adam', 'momentum', 'sgd')
+LR_SCHEDULES = ('cosine', 'linear')
+LOSSES = ('softmax_xent', 'sigmoid_xent')
+MULTI_LABEL_LOSSES = ('sigmoid_xent',)
+VIEW_AVERAGES = ('logits', 'probs')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Validated trainer settings; `num_classes` comes from the model section."""
+  seed: int = 0
+  batch_size: int = 512  # global, over all devices and processes
+  eval_batch_size: int = 512  # global
+  num_train_steps: Optional[int] = None  # None: from num_epochs and the dataset size
+  num_epochs: Optional[float] = None
+  optimizer: str = 'adamw'  # OPTIMIZERS
+  momentum: float = 0.9  # of 'momentum'
+  learning_rate: float = 1e-3
+  lr_schedule: str = 'cosine'  # 'cosine' | 'linear' decay after linear warmup
+  warmup_steps: int = 0
+  weight_decay: float = 0.0  # decoupled for adamw, L2 otherwise; matrices only
+  grad_clip_norm: float = 0.0  # 0: no clipping
+  label_smoothing: float = 0.0
+  mixup_alpha: float = 0.0  # 0: no mixup
+  grad_accum_steps: int = 1
+  loss: str = 'softmax_xent'  # 'softmax_xent' | 'sigmoid_xent' (multi-label, mAP)
+  eval_average: str = 'logits'  # how a video's eval views are merged: 'logits' | 'probs'
+  log_every_steps: int = 50
+  eval_every_steps: int = 0  # 0: only at the end
+  checkpoint_every_steps: int = 0  # 0: only at the end
+  keep_checkpoints: int = 3
+  profile_steps: int = 0
+  # (regex on the parameter path, PartitionSpec as a tuple) pairs; the first match wins.
+  sharding_rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
+  num_classes: int = fields.derived(1)
+
+  def __post_init__(self):
+    fields.check_int('config.seed', self.seed)
+    fields.check_int('config.batch_size', self.batch_size, 1)
+    fields.check_int('config.eval_batch_size', self.eval_batch_size, 1)
+    if self.num_train_steps is not None:
+      fields.check_int('config.num_train_steps', self.num_train_steps, 1)
+    elif self.num_epochs is not None:
+      fields.check_number('config.num_epochs', self.num_epochs, 1e-9)
+    else:
+      raise ValueError('config.num_train_steps or config.num_epochs must be set')
+    fields.check_choice('config.optimizer', self.optimizer, OPTIMIZERS)
+    fields.check_number('config.momentum', self.momentum, 0.0, 1.0)
+    fields.check_number('config.learning_rate', self.learning_rate)
+    fields.check_choice('config.lr_schedule', self.lr_schedule, LR_SCHEDULES)
+    fields.check_int('config.warmup_steps', self.warmup_steps)
+    for name in ('weight_decay', 'grad_clip_norm', 'mixup_alpha'):
+      fields.check_number(f'config.{name}', getattr(self, name))
+    fields.check_number('config.label_smoothing', self.label_smoothing, 0.0, 1.0)
+    fields.check_int('config.grad_accum_steps', self.grad_accum_steps, 1)
+    fields.check_choice('config.loss', self.loss, LOSSES)
+    fields.check_choice('config.eval_average', self.eval_average, VIEW_AVERAGES)
+    fields.check_int('config.log_every_steps', self.log_every_steps, 1)
+    for name in ('eval_every_steps', 'checkpoint_every_steps', 'profile_steps'):
+      fields.check_int(f'config.{name}', getattr(self, name))
+    fields.check_int('config.keep_checkpoints', self.keep_checkpoints, 1)
+    fields.check_int('config.num_classes', self.num_classes, 1)
+    fields.set_field(self, 'sharding_rules', _sharding_rules(self.sharding_rules))
+
+  @property
+  def multi_label(self) -> bool:
+    return self.loss in MULTI_LABEL_LOSSES
+
+  def for_run(self, *, num_train_examples: int, num_devices: int,
+              num_processes: int = 1) -> 'TrainConfig':
+    """This config with `num_train_steps` resolved, checked against the run's topology."""
+    for name in ('batch_size', 'eval_batch_size'):
+      value = getattr(self, name)
+      if value % num_devices or value % num_processes:
+        raise ValueError(f'config.{name}={value} must be divisible by the number of devices '
+                         f'({num_devices}) and processes ({num_processes})')
+    k = self.grad_accum_steps
+    if self.batch_size % k or (self.batch_size // k) % num_devices:
+      raise ValueError(f'config.grad_accum_steps={k}: config.batch_size={self.batch_size} must '
+                       f'split into {k} micro-batches divisible by {num_devices} devices')
+    steps = self.num_train_steps
+    if steps is None:
+      steps = max(1, math.ceil(self.num_epochs * num_train_examples / self.batch_size))
+    if self.warmup_steps > steps:
+      raise ValueError(f'config.warmup_steps={self.warmup_steps} exceeds the {steps} training '
+                       'steps')
+    return dataclasses.replace(self, num_train_steps=steps)
+
+
+def _sharding_rules(rules) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
+  out = []
+  for rule in rules or ():
+    if (len(rule) != 2 or not isinstance(rule[0], str)
+        or not isinstance(rule[1], (tuple, list))):
+      raise ValueError(f'config.sharding_rules entry {rule!r} must be (regex, partition spec '
+                       "tuple), e.g. ('.*Dense_.*/kernel', (None, 'data'))")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise ValueError(f'config.sharding_rules regex {rule[0]!r}: {e}') from None
+    out.append((rule[0], tuple(tuple(a) if isinstance(a, list) else a for a in rule[1])))
+  return tuple(out)

@@ -1,0 +1,98 @@
+"""What a run reports: the setup at start, train metrics at log steps, summary.json at the end."""
+import json
+import math
+import os
+import time
+from typing import Any, Dict
+
+from absl import logging
+from clu import parameter_overview
+import jax
+import numpy as np
+
+from token_learner.train import sharding
+
+
+class TrainLogger:
+  """Collects per-step train metrics one step late, checks them, writes means at log steps.
+
+  `add(step, metrics)` keeps the device arrays of `step` and only then reads those of the step
+  before, so the host never waits on the step just dispatched.
+  """
+
+  def __init__(self, writer, *, log_every_steps: int, num_train_steps: int, learning_rate_fn,
+               global_batch: int):
+    self._writer, self._lr_fn = writer, learning_rate_fn
+    self._every, self._num_steps, self._global_batch = (log_every_steps, num_train_steps,
+                                                        global_batch)
+    self._pending = None
+    self._window = []
+    self._window_start = (time.time(), None)
+    self.last = {}
+
+  def add(self, step: int, step_metrics):
+    """Registers the (device) metrics of `step`; checks and logs the previous step's."""
+    self.flush()
+    self._pending = (step, step_metrics)
+
+  def flush(self):
+    """Blocks on the pending step's metrics; raises FloatingPointError on NaN / Inf."""
+    if self._pending is None:
+      return
+    step, step_metrics = self._pending
+    self._pending = None
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    for name in ('loss', 'grad_norm'):
+      if not math.isfinite(values[name]):
+        raise FloatingPointError(f'Training {name} is {values[name]} at step {step}; stopping. '
+                                 'The last checkpoint before it is left intact.')
+    if self._window_start[1] is None:
+      self._window_start = (self._window_start[0], step - 1)
+    self._window.append(values)
+    if step % self._every == 0 or step == self._num_steps:
+      self._write(step)
+
+  def _write(self, step: int):
+    start_time, start_step = self._window_start
+    now = time.time()
+    # steps_per_sec itself is clu's ReportProgress tag; this adds what it does not write.
+    steps_per_sec = (step - start_step) / max(now - start_time, 1e-9)
+    means = {k: float(np.mean([w[k] for w in self._window])) for k in self._window[0]}
+    scalars = {f'train_{k}': v for k, v in means.items()}
+    scalars.update(
+        learning_rate=float(self._lr_fn(step - 1)),
+        examples_per_sec=steps_per_sec * self._global_batch,
+        eta_minutes=(self._num_steps - step) / max(steps_per_sec, 1e-9) / 60)
+    self._writer.write_scalars(step, scalars)
+    self.last = scalars
+    self._window = []
+    self._window_start = (now, step)
+
+
+def log_setup(experiment, cfg, mesh, info, state, gflops: float, num_params: int):
+  """Topology, dataset, model size and the parameter overview, once at the start of a run."""
+  logging.info('Processes: %d (this is %d); devices: %d global, %d local; mesh %s over %s.',
+               jax.process_count(), jax.process_index(), jax.device_count(),
+               jax.local_device_count(), dict(mesh.shape), mesh.devices.tolist())
+  logging.info('Dataset %s: %d train / %d eval examples, %d classes, example shape %s.',
+               experiment.data.name, info.num_train, info.num_eval, info.num_classes,
+               tuple(info.example_shape))
+  logging.info('Model %s %s: %.4f GFLOPs, %d parameters; %d train steps of batch %d.',
+               experiment.model.name, experiment.model.variant, gflops, num_params,
+               cfg.num_train_steps, cfg.batch_size)
+  parameter_overview.log_parameter_overview(
+      state.params, include_stats=jax.process_count() == 1, jax_logging_process=0)
+  sharded = sharding.sharded_paths(state.params)
+  if sharded:
+    logging.info('Sharded parameters: %s', sharded)
+
+
+def write_summary(workdir: str, final: Dict[str, Any], **fields):
+  """WORKDIR/summary.json (process 0): the final metrics and the run's facts, written atomically
+  so a crash never leaves half a file."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, 'summary.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(dict(final_metrics=final, **fields), f, indent=2, default=str)
+  os.replace(path + '.tmp', path)
