@@ -23,6 +23,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from token_learner import tree
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Root directory; each run goes to WORKDIR/<name>.')
 config_flags.DEFINE_config_file('config', None, 'Config file with get_sweep().', lock_config=True)
@@ -88,7 +90,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config_path = config_flags.get_config_filename(FLAGS['config'])
   cli_overrides = config_flags.get_override_values(FLAGS['config'])
-  cli_overrides = {k: v for k, v in _flatten(cli_overrides).items()}
+  cli_overrides = tree.flatten(cli_overrides, sep='.')
   sweep = load_sweep(config_path)
   if FLAGS.only:
     unknown = set(FLAGS.only) - {entry['name'] for entry in sweep}
@@ -123,16 +125,6 @@ def main(argv):
     rows.append(result_row(name, overrides, workdir))
     write_results(FLAGS.workdir, rows)
   print(open(os.path.join(FLAGS.workdir, 'results.md')).read())
-
-
-def _flatten(tree, prefix=''):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
 
 
 if __name__ == '__main__':

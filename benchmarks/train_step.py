@@ -19,7 +19,9 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import ModelConfig, build_model  # pylint: disable=g-import-not-at-top
+from token_learner import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from token_learner import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from token_learner.train import optim, sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -30,21 +32,20 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  model_cfg = ModelConfig.from_config(config)
+  run = experiment.from_config(FLAGS.config)
+  model_cfg = run.model
   devices = jax.devices()[:FLAGS.num_devices or None]
-  mesh = trainer.create_mesh(devices)
-  cfg = trainer.TrainConfig.from_config(config, num_train_examples=10 ** 6,
-                                        num_classes=model_cfg.num_classes, num_devices=mesh.size)
+  mesh = sharding.create_mesh(devices)
+  cfg = run.train.for_run(num_train_examples=10 ** 6, num_devices=mesh.size)
   model = build_model(model_cfg)
-  tx = trainer.create_optimizer(cfg, trainer.create_learning_rate_fn(cfg))
-  init_rng, rng = trainer.replicated_keys(cfg.seed, mesh)
-  state, shardings = trainer.create_train_state(init_rng, model, tx, model_cfg.input_shape, mesh,
-                                                cfg.sharding_rules)
+  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
+  init_rng, rng = sharding.replicated_keys(cfg.seed, mesh)
+  state, shardings = sharding.create_train_state(init_rng, model, tx, model_cfg.input_shape,
+                                                 mesh, cfg.sharding_rules)
   step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
   batch = {'inputs': jnp.zeros((cfg.batch_size, *model_cfg.input_shape), jnp.float32),
            'labels': jnp.zeros((cfg.batch_size,), jnp.int32)}
-  batch = jax.device_put(batch, jax.NamedSharding(mesh, jax.sharding.PartitionSpec('data')))
+  batch = jax.device_put(batch, sharding.batch_sharding(mesh))
 
   start = time.perf_counter()
   state, metrics = step(state, batch, rng)

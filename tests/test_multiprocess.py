@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import trainer
-import test_trainer  # tests/ is on sys.path under pytest.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
@@ -30,12 +29,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_match_one_process(tmp_path, subprocess_env, tiny_config,
+                                        restore_params):
   port = _free_port()
   workdir = str(tmp_path / 'two')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2 '
-                       '--xla_backend_optimization_level=0')
+  env = subprocess_env(num_devices=2)
   command = [sys.executable, 'main.py', '--config=configs/digits_tokenlearner.py',
              f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
              '--num_processes=2']
@@ -57,21 +55,19 @@ def test_two_processes_match_one_process(tmp_path):
   assert two['num_processes'] == 2 and two['num_devices'] == 4
 
   one_dir = str(tmp_path / 'one')
-  one = trainer.train_and_evaluate(test_trainer.tiny_config(**OVERRIDES), one_dir,
+  one = trainer.train_and_evaluate(tiny_config(**OVERRIDES), one_dir,
                                    devices=jax.devices()[:4])
   assert two['final_metrics']['eval_num_examples'] == one['eval_num_examples'] == 360
   for key in ('eval_loss', 'eval_accuracy', 'train_loss'):
     assert two['final_metrics'][key] == pytest.approx(one[key], abs=1e-5), key
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-               test_trainer.restore_params(workdir, 4), test_trainer.restore_params(one_dir, 4))
+               restore_params(workdir, 4), restore_params(one_dir, 4))
 
 
-def test_sigkilled_run_resumes_bit_identical(tmp_path):
+def test_sigkilled_run_resumes_bit_identical(tmp_path, subprocess_env, restore_params):
   overrides = dict(OVERRIDES, num_train_steps=60, checkpoint_every_steps=5, keep_checkpoints=2,
                    log_every_steps=50, **{'model.dropout_rate': 0.1})
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2 '
-                       '--xla_backend_optimization_level=0')
+  env = subprocess_env(num_devices=2)
 
   def command(workdir):
     return [sys.executable, 'main.py', '--config=configs/digits_tokenlearner.py',
@@ -96,5 +92,5 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resuming at step' in resumed.stderr
   assert uninterrupted.wait(timeout=240) == 0, open(tmp_path / 'reference.log').read()[-3000:]
-  jax.tree.map(np.testing.assert_array_equal, test_trainer.restore_params(killed, 60),
-               test_trainer.restore_params(reference, 60))
+  jax.tree.map(np.testing.assert_array_equal, restore_params(killed, 60),
+               restore_params(reference, 60))

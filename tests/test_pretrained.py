@@ -3,13 +3,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
 from token_learner import ModelConfig, build_model
 from token_learner import pretrained
+from token_learner.pretrained import InitConfig
+from token_learner.tree import flatten
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 
@@ -17,23 +17,15 @@ POSEMB = 'Transformer/posembed_input/pos_embedding'
 @functools.lru_cache(maxsize=None)  # Inits are the slow part; nothing below mutates them.
 def _model(name='vit', classifier='gap', num_tokens=0, image_size=16, num_frames=4,
            num_classes=5, fuser=False):
-  config = ml_collections.ConfigDict()
-  config.model = common.model_config(name=name, variant='Mu/4', num_classes=num_classes,
-                                     num_tokens=num_tokens, loc=1, fuser=fuser,
-                                     classifier=classifier, tubelet_size=2)
-  config.model.num_layers = 2
-  config.dataset = ml_collections.ConfigDict(dict(image_size=image_size, num_frames=num_frames))
-  cfg = ModelConfig.from_config(config)
+  cfg = ModelConfig.from_dict(
+      dict(name=name, variant='Mu/4', num_classes=num_classes, num_layers=2,
+           classifier=classifier, tubelet_size=2,
+           tokenlearner=dict(num_tokens=num_tokens, loc=1, fuser=fuser)),
+      image_size=image_size, num_frames=num_frames)
   model = build_model(cfg)
   params = model.init(jax.random.key(len(name) + num_tokens), jnp.zeros((1, *cfg.input_shape)),
                       train=False)['params']
   return cfg, model, jax.device_get(params)
-
-
-def _random_like(params, seed=0):
-  """A 'trained' checkpoint: every leaf random, so copies are distinguishable from inits."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
 
 
 def _write_npz(tmp_path, params, name='vit.npz'):
@@ -42,25 +34,25 @@ def _write_npz(tmp_path, params, name='vit.npz'):
   return path
 
 
-def test_vit_npz_into_vit_recreates_head(tmp_path):
+def test_vit_npz_into_vit_recreates_head(tmp_path, randomise):
   _, _, src = _model(classifier='token', num_classes=7)
-  src = _random_like(src)
+  src = randomise(src, replace=True)
   cfg, _, init = _model(classifier='token', num_classes=5)
-  out = pretrained.init_from(init, {'path': _write_npz(tmp_path, src), 'kind': 'vit_npz'}, cfg)
-  flat_out, flat_src, flat_init = map(pretrained.flatten, (out, src, init))
+  out = pretrained.init_from(init, InitConfig(_write_npz(tmp_path, src), 'vit_npz'), cfg)
+  flat_out, flat_src, flat_init = map(flatten, (out, src, init))
   assert set(flat_out) == set(flat_init)
   for key, value in flat_out.items():
     want = flat_init[key] if key.startswith('head/') else flat_src[key]
     np.testing.assert_array_equal(value, want, err_msg=key)
 
 
-def test_vit_npz_into_tokenlearner_keeps_fresh_tl_and_drops_cls(tmp_path):
+def test_vit_npz_into_tokenlearner_keeps_fresh_tl_and_drops_cls(tmp_path, randomise):
   _, _, src = _model(classifier='token')
-  src = _random_like(src)
+  src = randomise(src, replace=True)
   cfg, _, init = _model(classifier='gap', num_tokens=4, fuser=True)
-  out = pretrained.flatten(pretrained.init_from(
-      init, {'path': _write_npz(tmp_path, src), 'kind': 'vit_npz'}, cfg))
-  flat_src, flat_init = pretrained.flatten(src), pretrained.flatten(init)
+  out = flatten(pretrained.init_from(
+      init, InitConfig(_write_npz(tmp_path, src), 'vit_npz'), cfg))
+  flat_src, flat_init = flatten(src), flatten(init)
   tl_keys = [k for k in out if '/tokenlearner_' in k or '/fuser_' in k]
   assert tl_keys
   for key in tl_keys:
@@ -72,12 +64,12 @@ def test_vit_npz_into_tokenlearner_keeps_fresh_tl_and_drops_cls(tmp_path):
 
 
 @pytest.mark.parametrize('inflation', ['average', 'central_frame'])
-def test_inflated_vivit_embeds_static_clip_like_the_image_model(tmp_path, inflation):
+def test_inflated_vivit_embeds_static_clip_like_the_image_model(tmp_path, inflation, randomise):
   _, vit, src = _model(classifier='token')
-  src = _random_like(src)
+  src = randomise(src, replace=True)
   cfg, vivit, init = _model(name='vivit', classifier='token', num_frames=4)
   out = pretrained.init_from(
-      init, {'path': _write_npz(tmp_path, src), 'kind': 'vit_npz', 'inflation': inflation}, cfg)
+      init, InitConfig(_write_npz(tmp_path, src), 'vit_npz', inflation=inflation), cfg)
   image = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
   clip = jnp.repeat(image[:, None], 4, axis=1)  # A static video: the image in every frame.
   embed = lambda model, p, x: model.apply({'params': p}, x, train=False,
@@ -118,32 +110,32 @@ def test_posemb_resize_exact_when_size_unchanged_and_bilinear_otherwise():
   assert not added[0, 0].any()
 
 
-def test_new_resolution_loads(tmp_path):
+def test_new_resolution_loads(tmp_path, randomise):
   _, _, src = _model(image_size=16)
   cfg, _, init = _model(image_size=24)  # 4x4 -> 6x6 grid
-  out = pretrained.init_from(init, {'path': _write_npz(tmp_path, _random_like(src)),
-                                    'kind': 'vit_npz'}, cfg)
+  path = _write_npz(tmp_path, randomise(src, replace=True))
+  out = pretrained.init_from(init, InitConfig(path, 'vit_npz'), cfg)
   assert out['Transformer']['posembed_input']['pos_embedding'].shape == (1, 36, 64)
 
 
-def test_mismatch_names_parameter_and_both_shapes(tmp_path):
+def test_mismatch_names_parameter_and_both_shapes(tmp_path, randomise):
   _, _, src = _model()
-  flat = pretrained.flatten(_random_like(src))
+  flat = flatten(randomise(src, replace=True))
   flat['Transformer/encoderblock_0/LayerNorm_0/scale'] = np.ones(32, np.float32)
   path = str(tmp_path / 'bad.npz')
   np.savez(path, **flat)
   cfg, _, init = _model()
   with pytest.raises(ValueError, match=r'encoderblock_0/LayerNorm_0/scale.*\(32,\).*\(64,\)'):
-    pretrained.init_from(init, {'path': path, 'kind': 'vit_npz'}, cfg)
+    pretrained.init_from(init, InitConfig(path, 'vit_npz'), cfg)
   del flat['Transformer/encoderblock_0/LayerNorm_0/scale']
   np.savez(path, **flat)
   with pytest.raises(ValueError, match='encoderblock_0/LayerNorm_0/scale: missing'):
-    pretrained.init_from(init, {'path': path, 'kind': 'vit_npz'}, cfg)
+    pretrained.init_from(init, InitConfig(path, 'vit_npz'), cfg)
 
 
-def test_big_vision_layout_is_mapped(tmp_path):
+def test_big_vision_layout_is_mapped(tmp_path, randomise):
   _, _, src = _model()
-  flat = pretrained.flatten(_random_like(src))
+  flat = flatten(randomise(src, replace=True))
   bv = {}
   for key, value in flat.items():
     key = key.replace(POSEMB, 'pos_embedding').replace('MlpBlock_3', 'MlpBlock_0')
@@ -155,24 +147,24 @@ def test_big_vision_layout_is_mapped(tmp_path):
   path = str(tmp_path / 'bv.npz')
   np.savez(path, **bv)
   cfg, _, init = _model()
-  out = pretrained.flatten(pretrained.init_from(init, {'path': path, 'kind': 'vit_npz'}, cfg))
+  out = flatten(pretrained.init_from(init, InitConfig(path, 'vit_npz'), cfg))
   for key in flat:
     if not key.startswith('head/'):
       np.testing.assert_array_equal(out[key], flat[key], err_msg=key)
 
 
-def test_project_checkpoint_into_new_task(tmp_path):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+def test_project_checkpoint_into_new_task(tmp_path, randomise):
+  from token_learner.train import checkpoints  # pylint: disable=g-import-not-at-top
   _, _, src = _model(name='vivit', num_tokens=4, num_classes=40)
-  src = _random_like(src)
-  manager = ocp.CheckpointManager(str(tmp_path / 'workdir' / 'checkpoints'))
-  manager.save(3, args=ocp.args.StandardSave({'params': src, 'step': np.int32(3)}))
+  src = randomise(src, replace=True)
+  manager = checkpoints.manager(str(tmp_path / 'workdir'), keep=1)
+  checkpoints.save(manager, 3, {'params': src, 'step': np.int32(3)})
   manager.wait_until_finished()
   manager.close()
   cfg, _, init = _model(name='vivit', num_tokens=4, num_classes=157)
-  out = pretrained.flatten(pretrained.init_from(
-      init, {'path': str(tmp_path / 'workdir'), 'kind': 'checkpoint'}, cfg))
-  flat_src, flat_init = pretrained.flatten(src), pretrained.flatten(init)
+  out = flatten(pretrained.init_from(
+      init, InitConfig(str(tmp_path / 'workdir'), 'checkpoint'), cfg))
+  flat_src, flat_init = flatten(src), flatten(init)
   for key in out:
     want = flat_init[key] if key.startswith('head/') else flat_src[key]
     np.testing.assert_array_equal(out[key], want, err_msg=key)
@@ -180,4 +172,4 @@ def test_project_checkpoint_into_new_task(tmp_path):
 
 def test_empty_path_is_a_no_op():
   cfg, _, init = _model()
-  assert pretrained.init_from(init, {'path': ''}, cfg) is init
+  assert pretrained.init_from(init, InitConfig(), cfg) is init

@@ -10,16 +10,14 @@ TINY = ['--config.model.num_layers=2', '--config.batch_size=16', '--config.eval_
         '--config.eval_every_steps=0', '--config.checkpoint_every_steps=0']
 
 
-def _sweep(*args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_backend_optimization_level=0')
+def _sweep(env, *args):
   return subprocess.run([sys.executable, 'sweep.py', '--config=configs/digits_tokenlearner.py',
-                         *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                         *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
 
 
-def test_dry_run_prints_main_commands(tmp_path):
+def test_dry_run_prints_main_commands(tmp_path, subprocess_env):
   from configs import digits_tokenlearner  # pylint: disable=g-import-not-at-top
-  result = _sweep(f'--workdir={tmp_path}', '--dry_run', '--config.num_train_steps=7')
+  result = _sweep(subprocess_env, f'--workdir={tmp_path}', '--dry_run', '--config.num_train_steps=7')
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [l for l in result.stdout.splitlines() if l.startswith('python main.py')]
   names = [entry['name'] for entry in digits_tokenlearner.get_sweep()]
@@ -30,8 +28,8 @@ def test_dry_run_prints_main_commands(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def test_sweep_runs_entries_and_tabulates(tmp_path):
-  result = _sweep(f'--workdir={tmp_path}', '--only=vit,tl8_loc1_fuser', *TINY)
+def test_sweep_runs_entries_and_tabulates(tmp_path, subprocess_env):
+  result = _sweep(subprocess_env, f'--workdir={tmp_path}', '--only=vit,tl8_loc1_fuser', *TINY)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = list(csv.DictReader(open(os.path.join(tmp_path, 'results.csv'))))
   assert [row['name'] for row in rows] == ['vit', 'tl8_loc1_fuser']

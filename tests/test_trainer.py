@@ -9,74 +9,49 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import input_pipeline
 import trainer
-from configs import digits_tokenlearner
-from token_learner import ModelConfig, build_model, pretrained
-
+from token_learner import build_model, data
+from token_learner import experiment as experiment_lib
+from token_learner.train import optim, sharding
 
 P = jax.sharding.PartitionSpec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**overrides):
-  """Digits at 16x16, a 1-layer 64-wide ViT then 4 TokenLearner tokens, a few steps."""
-  config = digits_tokenlearner.get_config()
-  config.model.num_layers = 1
-  config.model.tokenlearner.num_tokens = 4
-  config.model.tokenlearner.loc = 1
-  config.batch_size = 16
-  config.eval_batch_size = 64  # 360 test digits: the last batch is padded with 24 masked rows.
-  config.num_train_steps = 6
-  config.warmup_steps = 2
-  config.log_every_steps = 2
-  config.eval_every_steps = 0
-  config.checkpoint_every_steps = 2
-  config.keep_checkpoints = 5
-  for key, value in overrides.items():
-    config.update_from_flattened_dict({key: value})
-  return config
-
-
 def _prepare(config, devices):
   """Model, optimizer, sharded state and compiled step for `config` on `devices`."""
-  model_cfg = ModelConfig.from_config(config)
-  mesh = trainer.create_mesh(devices)
-  cfg = trainer.TrainConfig.from_config(config, num_train_examples=1437, num_classes=10,
-                                        num_devices=mesh.size)
-  model = build_model(model_cfg)
-  tx = trainer.create_optimizer(cfg, trainer.create_learning_rate_fn(cfg))
-  init_rng, _ = trainer.replicated_keys(0, mesh)
-  state, shardings = trainer.create_train_state(
-      init_rng, model, tx, model_cfg.input_shape, mesh, cfg.sharding_rules)
+  experiment = experiment_lib.from_config(config)
+  mesh = sharding.create_mesh(devices)
+  cfg = experiment.train.for_run(num_train_examples=1437, num_devices=mesh.size)
+  model = build_model(experiment.model)
+  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
+  init_rng, _ = sharding.replicated_keys(0, mesh)
+  state, shardings = sharding.create_train_state(
+      init_rng, model, tx, experiment.model.input_shape, mesh, cfg.sharding_rules)
   step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
-  return dict(model=model, mesh=mesh, cfg=cfg, state=state, step=step, shardings=shardings)
+  return dict(model=model, mesh=mesh, cfg=cfg, state=state, step=step, shardings=shardings,
+              data=experiment.data)
 
 
 def _run_steps(config, devices, num_steps):
   setup = _prepare(config, devices)
-  mesh, state = setup['mesh'], setup['state']
-  _, rng = trainer.replicated_keys(1, mesh)
-  batches = input_pipeline.create_train_iterator(config)
+  mesh, state, cfg = setup['mesh'], setup['state'], setup['cfg']
+  _, rng = sharding.replicated_keys(1, mesh)
+  batches = data.train_iterator(setup['data'], seed=cfg.seed, batch_size=cfg.batch_size)
   losses = []
   for _ in range(num_steps):
-    batch = trainer.make_global_batch(next(batches), jax.NamedSharding(mesh, P('data')))
+    batch = data.make_global_batch(next(batches), sharding.batch_sharding(mesh))
     with jax.transfer_guard('disallow'):  # The step itself moves nothing between host/device.
       state, metrics = setup['step'](state, batch, rng)
     losses.append(float(metrics['loss']))
   return losses, jax.device_get(state.params), state
 
 
-def restore_params(workdir, step):
-  """The params of checkpoint `step` as numpy, whatever topology wrote it."""
-  return pretrained.restore_checkpoint_params(os.path.join(workdir, 'checkpoints', str(step)))
-
-
 def _assert_trees_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_train_and_evaluate_writes_outputs(tmp_path):
+def test_train_and_evaluate_writes_outputs(tmp_path, tiny_config):
   workdir = str(tmp_path)
   result = trainer.train_and_evaluate(tiny_config(), workdir)
   assert result['step'] == 6
@@ -90,12 +65,13 @@ def test_train_and_evaluate_writes_outputs(tmp_path):
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
 
 
-def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, tiny_config,
+                                                 restore_params):
   config = tiny_config(**{'model.dropout_rate': 0.1, 'mixup_alpha': 0.2})  # RNG use per step.
   uninterrupted = str(tmp_path / 'a')
   trainer.train_and_evaluate(config, uninterrupted)
 
-  create = input_pipeline.create_train_iterator
+  create = data.train_iterator
 
   def dies_after_three_batches(*args, **kwargs):
     iterator = create(*args, **kwargs)
@@ -104,11 +80,11 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
     raise KeyboardInterrupt('simulated kill')
 
   interrupted = str(tmp_path / 'b')
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', dies_after_three_batches)
+  monkeypatch.setattr(data, 'train_iterator', dies_after_three_batches)
   with pytest.raises(KeyboardInterrupt):
     trainer.train_and_evaluate(config, interrupted)
   assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2']
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', create)
+  monkeypatch.setattr(data, 'train_iterator', create)
   trainer.train_and_evaluate(config, interrupted)
   _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
 
@@ -129,7 +105,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
   _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
 
 
-def test_eight_devices_match_one_device():
+def test_eight_devices_match_one_device(tiny_config):
   config = tiny_config()
   losses_1, params_1, _ = _run_steps(config, jax.devices()[:1], 3)
   losses_8, params_8, _ = _run_steps(config, jax.devices()[:8], 3)
@@ -137,7 +113,7 @@ def test_eight_devices_match_one_device():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params_1, params_8)
 
 
-def test_fsdp_sharding_rules_shard_params_and_match():
+def test_fsdp_sharding_rules_shard_params_and_match(tiny_config):
   rules = [('.*Dense_.*/kernel', (None, 'data')), ('.*/kernel', ('data',))]
   config = tiny_config(sharding_rules=rules)
   losses_dp, params_dp, _ = _run_steps(tiny_config(), jax.devices()[:8], 2)
@@ -151,15 +127,15 @@ def test_fsdp_sharding_rules_shard_params_and_match():
 
 
 def test_partition_spec_only_where_divisible():
-  mesh = trainer.create_mesh(jax.devices()[:8])
+  mesh = sharding.create_mesh(jax.devices()[:8])
   rules = [('Dense_0/kernel', (None, 'data'))]
-  assert trainer.partition_spec('a/Dense_0/kernel', (4, 16), mesh, rules) == P(None, 'data')
-  assert trainer.partition_spec('a/Dense_0/kernel', (4, 12), mesh, rules) == P()
-  assert trainer.partition_spec('a/Dense_0/bias', (16,), mesh, rules) == P()
-  assert trainer.partition_spec('count', (), mesh, [('.*', ('data',))]) == P()
+  assert sharding.partition_spec('a/Dense_0/kernel', (4, 16), mesh, rules) == P(None, 'data')
+  assert sharding.partition_spec('a/Dense_0/kernel', (4, 12), mesh, rules) == P()
+  assert sharding.partition_spec('a/Dense_0/bias', (16,), mesh, rules) == P()
+  assert sharding.partition_spec('count', (), mesh, [('.*', ('data',))]) == P()
 
 
-def test_grad_accumulation_equals_big_batch():
+def test_grad_accumulation_equals_big_batch(tiny_config):
   overrides = {'optimizer': 'sgd', 'learning_rate': 0.1, 'warmup_steps': 0, 'batch_size': 32}
   losses_big, params_big, _ = _run_steps(tiny_config(**overrides), jax.devices()[:8], 2)
   losses_acc, params_acc, _ = _run_steps(
@@ -168,18 +144,22 @@ def test_grad_accumulation_equals_big_batch():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params_big, params_acc)
 
 
-def test_evaluate_counts_every_example_once_with_padding():
+def test_evaluate_counts_every_example_once_with_padding(tiny_config):
   config = tiny_config()
   setup = _prepare(config, jax.devices()[:8])
   eval_step = trainer.compile_eval_step(setup['model'], setup['cfg'], setup['mesh'],
-                                        setup['shardings'].params, example_ndim=3)
-  result = trainer.evaluate(eval_step, setup['state'].params, config, setup['mesh'], setup['cfg'])
+                                        setup['shardings'].params, multi_view=False)
+  eval_input = data.eval_input(setup['data'], batch_size=setup['cfg'].eval_batch_size)
+  result = trainer.evaluate(eval_step, setup['state'].params, eval_input, setup['mesh'])
   assert result['num_examples'] == 360
+  # The eval input is built once and gives the same pass every time.
+  again = trainer.evaluate(eval_step, setup['state'].params, eval_input, setup['mesh'])
+  assert again == result
 
   # Independent computation over the unpadded split.
   params = jax.device_get(setup['state'].params)
   inputs, labels = [], []
-  for batch in input_pipeline.create_eval_iterator(config):
+  for batch in eval_input:
     keep = batch['mask'] > 0
     inputs.append(batch['inputs'][keep])
     labels.append(batch['labels'][keep])
@@ -193,22 +173,27 @@ def test_evaluate_counts_every_example_once_with_padding():
   assert result['loss'] == pytest.approx(float(expected_loss), rel=1e-4)
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-  create = input_pipeline.create_train_iterator
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, tiny_config,
+                                                  restore_params):
+  create = data.train_iterator
 
-  def nan_from_step_5(config, start_step=0, **kwargs):
-    for step, batch in enumerate(create(config, start_step=start_step, **kwargs), start_step):
+  def nan_from_step_5(cfg, start_step=0, **kwargs):
+    for step, batch in enumerate(create(cfg, start_step=start_step, **kwargs), start_step):
       if step >= 4:  # The batch of step 5 (steps count from 1).
         batch = dict(batch, inputs=np.full_like(batch['inputs'], np.nan))
       yield batch
 
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', nan_from_step_5)
+  monkeypatch.setattr(data, 'train_iterator', nan_from_step_5)
   workdir = str(tmp_path)
   with pytest.raises(FloatingPointError, match='at step 5'):
     trainer.train_and_evaluate(tiny_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   params = restore_params(workdir, 4)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def _no_compiling(*args, **kwargs):
+  raise AssertionError('compiled before validating the config')
 
 
 @pytest.mark.parametrize('field,value,message', [
@@ -219,21 +204,29 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     ('model.variant', 'X/3', 'config.model.variant'),
     ('model.tokenlearner.loc', 7, 'config.model.tokenlearner.loc'),
     ('loss', 'hinge', 'config.loss'),
+    ('dataset.crop_min_area', 1.5, 'config.dataset.crop_min_area'),
+    ('init_from.kind', 'torch', 'config.init_from.kind'),
 ])
-def test_bad_config_field_fails_before_compiling(tmp_path, monkeypatch, field, value, message):
-  def no_compiling(*args, **kwargs):
-    raise AssertionError('compiled before validating the config')
-
-  monkeypatch.setattr(jax, 'jit', no_compiling)
+def test_bad_config_field_fails_before_compiling(tmp_path, monkeypatch, field, value, message,
+                                                 tiny_config):
+  monkeypatch.setattr(jax, 'jit', _no_compiling)
   with pytest.raises(ValueError, match=message):
     trainer.train_and_evaluate(tiny_config(**{field: value}), str(tmp_path))
 
 
-def test_unknown_top_level_field_is_an_error(tmp_path):
+@pytest.mark.parametrize('key', ['learning_rat', 'model.num_layer', 'model.tokenlearner.locc',
+                                 'dataset.image_sise', 'init_from.pth'])
+def test_misspelt_key_in_any_section_is_an_error(tmp_path, tiny_config, monkeypatch, key):
+  monkeypatch.setattr(jax, 'jit', _no_compiling)
   config = tiny_config()
+  *parents, leaf = key.split('.')
   with config.unlocked():
-    config.learning_rat = 0.1
-  with pytest.raises(ValueError, match='config.learning_rat'):
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = 1
+  section = '.'.join(['config', *parents])
+  with pytest.raises(ValueError, match=f'config.{key} is not a field of {section}'):
     trainer.train_and_evaluate(config, str(tmp_path))
 
 
@@ -251,9 +244,10 @@ def test_every_config_builds(path):
     config.update_from_flattened_dict(entry['overrides'])
     variants.append(config)
   for config in variants:
-    model_cfg = ModelConfig.from_config(config)
-    trainer.TrainConfig.from_config(config, num_train_examples=100_000,
-                                    num_classes=model_cfg.num_classes, num_devices=1)
+    experiment = experiment_lib.from_config(config)
+    experiment.train.for_run(num_train_examples=100_000, num_devices=1)
+    model_cfg = experiment.model
+    assert model_cfg.input_shape == experiment.data.example_shape
     model = build_model(model_cfg)
     x = jnp.zeros((1, *model_cfg.input_shape), jnp.float32)
     variables = jax.eval_shape(lambda m=model, x=x: m.init(jax.random.key(0), x, train=False))
@@ -281,18 +275,17 @@ def test_video_multi_view_multi_label_end_to_end(tmp_path):
   assert np.isfinite(result['eval_loss'])
 
 
-def test_multi_label_loss_must_fit_the_data(tmp_path):
+def test_multi_label_loss_must_fit_the_data(tmp_path, tiny_config):
   config = tiny_config(loss='sigmoid_xent')
   with pytest.raises(ValueError, match='config.loss'):
     trainer.train_and_evaluate(config, str(tmp_path))
 
 
-def test_init_from_checkpoint_loads_params(tmp_path):
+def test_init_from_checkpoint_loads_params(tmp_path, tiny_config, restore_params):
   source = str(tmp_path / 'source')
   trainer.train_and_evaluate(tiny_config(num_train_steps=2), source)
   config = tiny_config(num_train_steps=2, learning_rate=0.0)  # Params stay as loaded.
-  with config.unlocked():
-    config.init_from = dict(path=source, kind='checkpoint', load_head=True)
+  config.init_from.update(dict(path=source, kind='checkpoint', load_head=True))
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
   _assert_trees_equal(restore_params(source, 2), restore_params(target, 2))
