@@ -39,7 +39,7 @@ from token_learner.train import losses
 from token_learner.train import logger
 from token_learner.train import optim
 from token_learner.train import sharding
-from token_learner.train.config import TrainConfig
+from token_learner.train.config import MULTI_LABEL_LOSSES, TrainConfig
 
 TrainState = sharding.TrainState
 
@@ -170,7 +170,7 @@ def _check_dataset(experiment, info: data.DatasetInfo):
   if info.multi_label != experiment.train.multi_label:
     raise ValueError(f'config.loss={experiment.train.loss!r} does not fit the dataset '
                      f'(multi_label={info.multi_label}); use one of '
-                     f'{list(losses.MULTI_LABEL_LOSSES)} exactly for multi-label data')
+                     f'{list(MULTI_LABEL_LOSSES)} exactly for multi-label data')
 
 
 def train_and_evaluate(config, workdir: str, *,

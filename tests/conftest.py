@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Trainer tests compile the same few programs again and again: cache them for the session.
 jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='jax_cache_'))
@@ -86,3 +87,17 @@ def restore_params():
   from token_learner.train import checkpoints  # pylint: disable=g-import-not-at-top
   return lambda workdir, step: checkpoints.restore_params(
       os.path.join(workdir, checkpoints.CHECKPOINTS, str(step)))
+
+
+def _assert_batches_equal(a, b):
+  """Two lists of batches (dicts of arrays) are equal bit for bit."""
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+@pytest.fixture
+def assert_batches_equal():
+  return _assert_batches_equal

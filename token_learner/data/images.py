@@ -1,0 +1,390 @@
+"""Image datasets (`ImageData`): sources, decoding, train augmentation and eval crops.
+
+Sources (`config.dataset.name`): 'digits' (scikit-learn's bundled 8x8 handwritten digits, no
+download), 'image_folder' (`ROOT/<split>/<class>/*.png|jpg|jpeg`; labels index the train split's
+class folders) or any TFDS name with 'image' and 'label' features (a record stream, shuffled by a
+buffer seeded per epoch). Splits accept the TFDS slicing syntax ('train[:90%]') everywhere.
+
+`config.dataset.per_process_split=True` gives each process its own contiguous part of the split
+(`tfds.split_for_jax_process` for TFDS), which reads 1/P of the data but makes the batches depend
+on the process count; by default every process reads every record and decodes only its rows.
+
+Augmentation (training): an Inception crop of [crop_min_area, 1] of the area, resized to
+image_size, and a random horizontal flip; digits instead get a shift of up to 1/8 of the side and
+no flip (a mirrored digit is another symbol, or none). Eval: resize the short side to S / 0.875
+and take the centre S crop (standard ImageNet eval).
+
+Corrupt images: by default the first decode failure stops the iterator with a ValueError naming
+the file (image_folder) or the record (TFDS). With `config.dataset.skip_corrupt=True` the split is
+scanned once when an iterator is created (one decode per image) and corrupt records are dropped
+from it before the stream is built, so positions, resume and process slicing stay exact; the
+count is logged and kept in `iterator.num_skipped`.
+"""
+import dataclasses
+import os
+import re
+from typing import Callable, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from token_learner.data import digits, stream
+from token_learner.data.config import DatasetInfo, ImageData
+
+_IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+_EVAL_CROP_FRACTION = 0.875  # Standard ImageNet eval: resize to S / 0.875, centre crop S.
+
+
+@dataclasses.dataclass
+class _ImageSource(stream.Source):
+  """Records (index, where, raw, label); `raw` is what is cheap to carry before the process
+  filter: an image (digits), a path (image_folder) or encoded bytes (TFDS)."""
+  tiny: bool = False  # digits: no flip, no crop-and-rescale (see _train_image).
+  # raw -> encoded image bytes; None when raw already is a float32 [h, w, 3] image in [0, 1].
+  read_bytes: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
+
+  def decode(self, raw) -> tf.Tensor:
+    """The whole image: uint8 [h, w, 3], or float32 in [0, 1] for in-memory images."""
+    return raw if self.read_bytes is None else _decode_bytes(self.read_bytes(raw))
+
+  def decode_crop(self, raw, crop_window) -> tf.Tensor:
+    """The crop `crop_window(shape [3]) -> (begin [3], size [3])` of the image."""
+    if self.read_bytes is None:
+      return tf.slice(raw, *crop_window(tf.shape(raw)))
+    data = self.read_bytes(raw)
+
+    def jpeg():  # Decodes only the window: most of an inception crop's cost is the decode.
+      begin, size = crop_window(tf.image.extract_jpeg_shape(data))
+      window = tf.stack([begin[0], begin[1], size[0], size[1]])
+      return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    def other():
+      image = _decode_bytes(data)
+      return tf.slice(image, *crop_window(tf.shape(image)))
+    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+def _decode_bytes(data: tf.Tensor) -> tf.Tensor:
+  """Encoded PNG / JPEG / GIF / BMP / WebP -> uint8 [h, w, 3]."""
+  image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+_SLICE = re.compile(r'^([\w-]+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$')
+
+
+def _slice_split(split: str, field: str):
+  """'train[10%:90%]' -> ('train', fn(n) -> (start, stop)); the TFDS slicing syntax."""
+  m = _SLICE.match(split.replace(' ', ''))
+  if not m:
+    raise ValueError(f'config.dataset.{field}={split!r}: expected NAME or NAME[a:b] '
+                     "(ints or percentages, as in TFDS).")
+  name, lo, hi = m.groups()
+
+  def bounds(n):
+    def point(s, default):
+      if s is None:
+        return default
+      v = round(n * int(s[:-1]) / 100) if s.endswith('%') else int(s)
+      return min(max(v + n if v < 0 else v, 0), n)
+    return point(lo, 0), point(hi, n)
+  return name, bounds
+
+
+def _gather_lookup(wheres, raws, labels):
+  wheres, raws, labels = tf.constant(wheres), tf.constant(raws), tf.constant(labels)
+  return lambda i: (tf.gather(wheres, i), tf.gather(raws, i), tf.gather(labels, i))
+
+
+def _digits_source(split: str, field: str) -> _ImageSource:
+  """The digits split, in memory."""
+  name, bounds = _slice_split(split, field)
+  if name not in ('train', 'test'):
+    raise ValueError(f"config.dataset.{field}={split!r}: digits has splits 'train' and 'test'.")
+  scans, targets, idx = digits.load_digit_scans(name)
+  lo, hi = bounds(len(idx))
+  # Pixels are 0..16; grey -> 3 identical channels.
+  images = np.repeat(scans[lo:hi, ..., None] / 16.0, 3, axis=-1).astype(np.float32)
+  return _ImageSource(
+      description=f'digits {split!r}', num_examples=hi - lo, num_classes=10, tiny=True,
+      lookup=_gather_lookup([f'digits sample {i}' for i in idx[lo:hi]], images,
+                            targets[lo:hi].astype(np.int32)))
+
+
+def _image_folder_classes(root: str, train_split: str) -> list:
+  base = os.path.join(root, _slice_split(train_split, 'train_split')[0])
+  if not os.path.isdir(base):
+    raise FileNotFoundError(f'image_folder train split directory {base!r} does not exist '
+                            '(config.dataset.root / config.dataset.train_split).')
+  classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+  if not classes:
+    raise ValueError(f'image_folder train split {base!r} has no class subfolders.')
+  return classes
+
+
+def _image_folder_source(cfg: ImageData, split: str, field: str) -> _ImageSource:
+  """Files ROOT/<split>/<class>/*.{png,jpg,jpeg}; labels index the train split's classes."""
+  classes = _image_folder_classes(cfg.root, cfg.train_split)
+  name, bounds = _slice_split(split, field)
+  base = os.path.join(cfg.root, name)
+  if not os.path.isdir(base):
+    raise FileNotFoundError(f'config.dataset.{field}={split!r}: directory {base!r} not found.')
+  paths, labels = [], []
+  for cls in sorted(os.listdir(base)):
+    if not os.path.isdir(os.path.join(base, cls)):
+      continue
+    if cls not in classes:
+      raise ValueError(f'Class folder {os.path.join(base, cls)!r} is not a class of the train '
+                       f'split ({classes}).')
+    for f in sorted(os.listdir(os.path.join(base, cls))):
+      if f.lower().endswith(_IMAGE_EXTENSIONS):
+        paths.append(os.path.join(base, cls, f))
+        labels.append(classes.index(cls))
+  if not paths:
+    raise ValueError(f'config.dataset.{field}={split!r}: no {"/".join(_IMAGE_EXTENSIONS)} '
+                     f'images under {base!r}/<class>/.')
+  # A fixed shuffle of the sorted listing, so that slices like 'train[:90%]' mix the classes.
+  order = np.random.default_rng(digits.FIXED_SPLIT_SEED).permutation(len(paths))
+  lo, hi = bounds(len(paths))
+  order = order[lo:hi]
+  paths = [paths[i] for i in order]
+  return _ImageSource(
+      description=f'image_folder {base!r}', num_examples=len(order), num_classes=len(classes),
+      read_bytes=tf.io.read_file,
+      lookup=_gather_lookup(paths, paths, np.asarray(labels, np.int32)[order]))
+
+
+def _tfds_builder(cfg: ImageData):
+  try:
+    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"config.dataset.name={cfg.name!r} is neither 'digits', 'image_folder' "
+                     'nor a TFDS dataset.') from e
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise ValueError(f"TFDS dataset {cfg.name!r} has no 'image' and 'label' features.")
+  return builder
+
+
+def _tfds_read(builder, split) -> tf.data.Dataset:
+  # Images stay encoded until after the process filter, and decoding ourselves lets a corrupt
+  # record be named instead of failing inside TFDS.
+  return builder.as_dataset(
+      split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(add_tfds_id=True))
+
+
+def _tfds_count(builder, split) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError, TypeError):
+    # No split metadata (e.g. under tfds.testing.mock_data): the reader knows its length.
+    n = int(_tfds_read(builder, split).cardinality())
+    if n < 0:
+      raise ValueError(f'Cannot count the examples of TFDS split {split!r} of '
+                       f'{builder.name!r}.') from None
+    return n
+
+
+def _tfds_source(cfg: ImageData, builder, split) -> _ImageSource:
+  # Built once, outside any traced function (the epoch streams capture it), and only read when
+  # iterated.
+  ds = _tfds_read(builder, split).enumerate().map(
+      lambda i, ex: (i, ex['tfds_id'], ex['image'], tf.cast(ex['label'], tf.int32)))
+  return _ImageSource(
+      description=f'TFDS {cfg.name!r} split {split!r}', num_examples=_tfds_count(builder, split),
+      num_classes=builder.info.features['label'].num_classes, read_bytes=lambda data: data,
+      records=lambda: ds, shuffle_buffer=cfg.shuffle_buffer)
+
+
+def _process_split(split, process_index, process_count):
+  """The split string of one process's part under per_process_split (TFDS)."""
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count)
+
+
+def _source(cfg: ImageData, field: str, process_index=0, process_count=1) -> _ImageSource:
+  """The split `getattr(cfg, field)`, restricted to this process's part under
+  per_process_split: TFDS's `split_for_jax_process`, else contiguous near-equal parts."""
+  split = getattr(cfg, field)
+  parts = cfg.per_process_split and process_count > 1
+  if cfg.source == 'digits':
+    source = _digits_source(split, field)
+  elif cfg.source == 'image_folder':
+    source = _image_folder_source(cfg, split, field)
+  else:
+    if parts:
+      split = _process_split(split, process_index, process_count)
+    return _tfds_source(cfg, _tfds_builder(cfg), split)
+  if parts:
+    source.keep = np.array_split(np.arange(source.num_examples), process_count)[process_index]
+  return source
+
+
+# ---------------------------------------------------------------------------------------------
+# Corrupt records.
+
+
+def _scan(source: _ImageSource) -> list:
+  """Decodes every record once; returns [(index, where, error)] of those that fail."""
+  def check(i, where, raw, label):
+    del where, label
+    return i, tf.shape(source.decode(raw))[0]
+  good = source.ordered().map(check, num_parallel_calls=stream.AUTOTUNE, deterministic=False)
+  good = {int(i) for i, _ in good.ignore_errors().as_numpy_iterator()}
+  return [(int(i), where.decode(), _decode_error(source, raw))
+          for i, where, raw, _ in source.ordered().as_numpy_iterator() if int(i) not in good]
+
+
+def _decode_error(source: _ImageSource, raw) -> Optional[str]:
+  """The first line of the error decoding `raw`, None if it decodes."""
+  try:
+    source.decode(tf.constant(raw))
+  except (tf.errors.OpError, ValueError) as e:
+    return getattr(e, 'message', str(e)).strip().splitlines()[0]
+  return None
+
+
+def _drop_corrupt(source: _ImageSource) -> int:
+  """Scans the split and removes corrupt records from `source`; returns how many."""
+  bad = _scan(source)
+  if bad:
+    dropped = {i for i, _, _ in bad}
+    keep = np.arange(source.num_examples) if source.keep is None else source.keep
+    source.keep = np.asarray([i for i in keep if i not in dropped], np.int64)
+    logging.warning('Skipped %d corrupt image(s) of %s (config.dataset.skip_corrupt=True), '
+                    'e.g. %s: %s', len(bad), source.description, bad[0][1], bad[0][2])
+  return len(bad)
+
+
+def _corrupt_error(source: _ImageSource, bad) -> ValueError:
+  index, where, error = bad[0]
+  more = f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''
+  return ValueError(f'Corrupt or unreadable image in {source.description}: {where} (record '
+                    f'{index}){more}: {error or "unreadable record"}. Set '
+                    'config.dataset.skip_corrupt=True to skip such images.')
+
+
+def _checks(source: _ImageSource):
+  """(check of one record, full scan): both raise a ValueError naming a corrupt image."""
+  def check(q, index, where, raw, label):
+    del q, label
+    error = _decode_error(source, raw)
+    if error is not None:
+      raise _corrupt_error(source, [(int(index), where.decode(), error)]) from None
+
+  def scan():
+    bad = _scan(source)
+    if bad:
+      raise _corrupt_error(source, bad) from None
+  return check, scan
+
+
+# ---------------------------------------------------------------------------------------------
+# Image processing: a decoded record -> float32 [H, W, 3] in [0, 1]; then normalised.
+
+
+def _train_image(source: _ImageSource, raw, seed, cfg: ImageData):
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  if source.tiny:
+    # Digits: a shift of up to 1/8 of the side (1 pixel of an 8x8 scan); no flip.
+    image = source.decode(raw)
+    pad = max(1, int(image.shape[0] or 8) // 8)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=crop_seed)
+    return stream.resize(image, cfg.image_size)
+  crop = lambda shape: stream.inception_crop_box(shape, crop_seed, cfg.crop_min_area)
+  image = stream.resize(source.decode_crop(raw, crop), cfg.image_size)
+  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+def _eval_image(image, cfg: ImageData, tiny: bool):
+  """Decoded image -> float32 [H, W, 3] in [0, 1]: resize, centre crop (ImageNet eval)."""
+  if tiny:
+    return stream.resize(image, cfg.image_size)
+  (h, w), short = cfg.image_size, max(cfg.image_size) / _EVAL_CROP_FRACTION
+  image, hw = stream.resize_short_side(image, short, cfg.image_size)
+  ((top, left),) = stream.crop_offsets(hw, cfg.image_size, 1)
+  return tf.ensure_shape(image[top:top + h, left:left + w], [h, w, 3])
+
+
+def _processor(source: _ImageSource, cfg: ImageData, augment_seed: Optional[int] = None):
+  """(q, index, where, raw, label) -> {'inputs', 'labels'}: augmented with seeds derived from
+  (augment_seed, q), or the eval view when `augment_seed` is None."""
+  def process(q, index, where, raw, label):
+    del index, where
+    if augment_seed is None:
+      image = _eval_image(source.decode(raw), cfg, source.tiny)
+    else:
+      image = _train_image(source, raw, stream.augment_seed(augment_seed, q), cfg)
+    return {'inputs': stream.normalise(image, cfg.mean, cfg.std), 'labels': label}
+  return process
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points (through token_learner.data).
+
+
+def train_iterator(cfg: ImageData, *, seed: int, start_step: int, global_batch: int,
+                   local_batch: int, process_index: int, process_count: int):
+  """Endless {'inputs': f32 [L, H, W, 3], 'labels': i32 [L]} (see token_learner.data)."""
+  source = _source(cfg, 'train_split', process_index, process_count)
+  row_block = process_index
+  if cfg.per_process_split and process_count > 1:
+    # Each process streams its own part, with its own seeds.
+    seed, global_batch, row_block = seed * 1_000_003 + process_index, local_batch, 0
+  num_skipped = _drop_corrupt(source) if cfg.skip_corrupt else 0
+  process = _processor(source, cfg, seed if cfg.augment else None)
+  check, scan = _checks(source)
+  return stream.train_batches(
+      source, process, check, seed=seed, start_step=start_step, global_batch=global_batch,
+      local_batch_size=local_batch, row_block=row_block, num_skipped=num_skipped, fallback=scan)
+
+
+def eval_input(cfg: ImageData, *, global_batch: int, local_batch: int, process_index: int,
+               process_count: int):
+  """The eval split once per pass: {'inputs', 'labels', 'mask'} (see token_learner.data)."""
+  source = _source(cfg, 'eval_split', process_index, process_count)
+  num_skipped = _drop_corrupt(source) if cfg.skip_corrupt else 0
+  row_block, num_batches = process_index, None
+  if cfg.per_process_split and process_count > 1:
+    # Each process has its own part; the longest part sets everyone's batch count.
+    sizes = _part_sizes(cfg, process_count)
+    num_batches = -(-max(sizes) // local_batch)
+    global_batch, row_block = local_batch, 0
+  check, scan = _checks(source)
+  return stream.eval_batches(
+      source, _processor(source, cfg), check, global_batch=global_batch,
+      local_batch_size=local_batch, row_block=row_block, num_batches=num_batches,
+      num_skipped=num_skipped, fallback=scan)
+
+
+def _part_sizes(cfg: ImageData, process_count) -> list:
+  """Sizes of the per_process_split parts of the eval split (before dropping corrupt ones)."""
+  if cfg.source != 'tfds':
+    n = _source(cfg, 'eval_split').num_examples
+    return [len(p) for p in np.array_split(np.arange(n), process_count)]
+  builder = _tfds_builder(cfg)
+  return [_tfds_count(builder, _process_split(cfg.eval_split, p, process_count))
+          for p in range(process_count)]
+
+
+def dataset_info(cfg: ImageData) -> DatasetInfo:
+  """Class count, split sizes and the preprocessed image shape, from metadata only.
+
+  Sizes are those of the splits as stored; with skip_corrupt=True the iterators may serve fewer.
+  """
+  if cfg.source != 'tfds':
+    train = _source(cfg, 'train_split')
+    num_eval = _source(cfg, 'eval_split').num_examples
+    num_classes, num_train = train.num_classes, train.num_examples
+  else:
+    builder = _tfds_builder(cfg)
+    num_classes = builder.info.features['label'].num_classes
+    num_train = _tfds_count(builder, cfg.train_split)
+    num_eval = _tfds_count(builder, cfg.eval_split)
+  return DatasetInfo(num_classes=num_classes, num_train=num_train, num_eval=num_eval,
+                     example_shape=cfg.example_shape)
