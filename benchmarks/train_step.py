@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from token_learner import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from token_learner import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import optim, sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from token_learner.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from token_learner.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)

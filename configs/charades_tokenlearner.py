@@ -4,8 +4,8 @@ Multi-label: 157 classes, any number per video, sigmoid cross-entropy, mAP ("v1 
 token_learner.train.losses.mean_average_precision). 64 frames (12 fps, §6.1.1) at 224x224, tubelets
 2x16x16 -> 32 x 14 x 14 tokens; from layer 6 on, every layer is TokenLearner (8 tokens per temporal
 slice: 256 tokens) -> Transformer block -> TokenFuser (Fig. 3(b), Fig. 8). Test views: 64-frame
-segments spread over the video, their responses merged (B.3) -- here 4 clips, probabilities averaged;
-test frames resized to 256 on the short side, centre crop 224 (§6.1.1 tests at 256).
+segments spread over the video, their responses merged (B.3) -- here 4 clips, probabilities
+averaged; test frames resized to 256 on the short side, centre crop 224 (§6.1.1 tests at 256).
 
 The paper's Charades backbone is X(2+1)D (§6.1.1); this config puts the same TokenLearner setting
 (S = 8, 64 frames, fuser) into the project's ViViT. Schedule from B.3: cosine decay, batch 256,

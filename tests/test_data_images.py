@@ -153,7 +153,8 @@ def test_eval_covers_each_example_once(eval_batch_size, process_count):
   assert collections.Counter(labels) == collections.Counter(ref_labels)
 
 
-def test_eval_input_is_built_once_and_iterated_many_times(tmp_path, monkeypatch, assert_batches_equal):
+def test_eval_input_is_built_once_and_iterated_many_times(tmp_path, monkeypatch,
+                                                          assert_batches_equal):
   """Two passes of one eval_input are identical; the skip_corrupt scan runs once."""
   write_folder(tmp_path, 'train')
   write_folder(tmp_path, 'test', _FILES[:3])

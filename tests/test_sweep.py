@@ -17,7 +17,8 @@ def _sweep(env, *args):
 
 def test_dry_run_prints_main_commands(tmp_path, subprocess_env):
   from configs import digits_tokenlearner  # pylint: disable=g-import-not-at-top
-  result = _sweep(subprocess_env, f'--workdir={tmp_path}', '--dry_run', '--config.num_train_steps=7')
+  result = _sweep(subprocess_env, f'--workdir={tmp_path}', '--dry_run',
+                  '--config.num_train_steps=7')
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [l for l in result.stdout.splitlines() if l.startswith('python main.py')]
   names = [entry['name'] for entry in digits_tokenlearner.get_sweep()]

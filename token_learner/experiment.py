@@ -48,7 +48,7 @@ def model_and_data(config):
 
 
 def from_config(config) -> Experiment:
-  """Validates every section of `config` (a ConfigDict or dict); raises ValueError naming a field."""
+  """Every section of `config` (ConfigDict or dict), validated; a ValueError names a bad field."""
   raw = _as_dict(config)
   trainer_fields = {k: v for k, v in raw.items() if k not in SECTIONS}
   fields.check_known(trainer_fields, [f.name for f in fields.config_fields(TrainConfig)],

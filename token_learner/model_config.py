@@ -1,4 +1,5 @@
-"""`config.model` as a typed, validated, frozen dataclass: what a ViT / ViViT (+ TokenLearner) needs.
+"""`config.model` as a typed, validated, frozen dataclass: what a ViT / ViViT (+ TokenLearner)
+needs.
 
 `ModelConfig.from_dict(section, image_size=..., num_frames=...)` takes the model section as a
 plain dict (the boundary, `token_learner.experiment`, passes the input geometry from the dataset

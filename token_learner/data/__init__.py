@@ -25,7 +25,8 @@ from token_learner.data.stream import BatchIterator, EvalInput
 DataConfig = Union[ImageData, VideoData]
 
 __all__ = ['BatchIterator', 'DataConfig', 'DatasetInfo', 'EvalInput', 'ImageData', 'Prefetcher',
-           'VIDEO_NAMES', 'VideoData', 'dataset_info', 'eval_input', 'from_dict', 'make_global_batch',
+           'VIDEO_NAMES', 'VideoData', 'dataset_info', 'eval_input', 'from_dict',
+           'make_global_batch',
            'train_iterator']
 
 

@@ -158,6 +158,15 @@ def average_precision(scores, targets) -> float:
   return float(precision[tp].sum() / num_pos)
 
 
+def _unmasked(mask, *arrays):
+  """The arrays as numpy, without the rows where `mask` (optional, `[N]`) is 0 (padding)."""
+  arrays = [np.asarray(a) for a in arrays]
+  if mask is None:
+    return arrays
+  keep = np.asarray(mask).astype(bool)
+  return [a[keep] for a in arrays]
+
+
 def mean_average_precision(scores, targets, mask=None) -> float:
   """Charades v1 classification mAP: per-class AP over the eval set, averaged over classes with
   at least one positive (Table 10; the devkit's `mAP`, NaN classes skipped).
@@ -170,12 +179,9 @@ def mean_average_precision(scores, targets, mask=None) -> float:
   Returns:
     mAP in [0, 1] (NaN if no class has a positive).
   """
-  scores, targets = np.asarray(scores), np.asarray(targets)
+  scores, targets = _unmasked(mask, scores, targets)
   if scores.shape != targets.shape or scores.ndim != 2:
     raise ValueError(f'scores {scores.shape} and targets {targets.shape} must both be [N, K]')
-  if mask is not None:
-    keep = np.asarray(mask).astype(bool)
-    scores, targets = scores[keep], targets[keep]
   aps = np.array([average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
   return float(np.nanmean(aps)) if np.isfinite(aps).any() else float('nan')
 
@@ -189,10 +195,7 @@ def mean_per_class_accuracy(predictions, labels, num_classes: int, mask=None) ->
     num_classes: K.
     mask: optional `[N]`, 0 for padding rows.
   """
-  predictions, labels = np.asarray(predictions), np.asarray(labels)
-  if mask is not None:
-    keep = np.asarray(mask).astype(bool)
-    predictions, labels = predictions[keep], labels[keep]
+  predictions, labels = _unmasked(mask, predictions, labels)
   correct = np.bincount(labels, weights=predictions == labels, minlength=num_classes)
   count = np.bincount(labels, minlength=num_classes)
   present = count > 0
@@ -208,10 +211,7 @@ class MultiLabelAccumulator:
     self._scores, self._targets = [], []
 
   def update(self, scores, targets, mask: Optional[np.ndarray] = None):
-    scores, targets = np.asarray(scores), np.asarray(targets)
-    if mask is not None:
-      keep = np.asarray(mask).astype(bool)
-      scores, targets = scores[keep], targets[keep]
+    scores, targets = _unmasked(mask, scores, targets)
     self._scores.append(scores)
     self._targets.append(targets)
 

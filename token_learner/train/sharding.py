@@ -110,7 +110,7 @@ def to_host(arrays):
 
 
 def like(host_tree, arrays):
-  """`host_tree` (numpy, same structure) placed with the shapes, dtypes and shardings of `arrays`."""
+  """`host_tree` (numpy, same structure) placed like `arrays` (shapes, dtypes, shardings)."""
   return jax.tree.map(
       lambda x, old: jax.make_array_from_callback(
           old.shape, old.sharding, lambda index, x=x: np.asarray(x, old.dtype)[index]),
