@@ -187,7 +187,7 @@ def train_and_evaluate(config, workdir: str, *,
      'train_loss', ...} of the final step.
   """
   start_time = time.time()
-  config_dict = config.to_dict()
+  config_dict = experiment_lib.as_dict(config)
   experiment = experiment_lib.from_config(config)
   model_cfg, data_cfg = experiment.model, experiment.data
   info = data.dataset_info(data_cfg)

@@ -1,6 +1,10 @@
 """TokenLearner (Ryoo et al.) in Flax: the modules of §2 and the ViT / ViViT models built on them.
 
     from token_learner import TokenLearner, TokenLearnerV11, TokenFuser
+
+Beside the models: `experiment` (the config boundary), `data` (the input layer), `train` (what
+the training loop of `trainer.py` calls), `pretrained` (public ViT and project checkpoints) and
+`flops` (the paper's FLOPs convention).
 """
 from token_learner.model_config import ModelConfig
 from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11

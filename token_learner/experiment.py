@@ -32,13 +32,14 @@ class Experiment:
   init: InitConfig
 
 
-def _as_dict(config) -> Mapping[str, Any]:
+def as_dict(config) -> Mapping[str, Any]:
+  """A ConfigDict (or a mapping) as plain nested dicts."""
   return config.to_dict() if hasattr(config, 'to_dict') else dict(config)
 
 
 def model_and_data(config):
   """(ModelConfig, ImageData | VideoData) of `config.model` and `config.dataset`."""
-  raw = _as_dict(config)
+  raw = as_dict(config)
   model = dict(raw.get('model') or {})
   dataset = data.from_dict(raw.get('dataset') or {}, num_classes=model.get('num_classes'))
   geometry = dict(image_size=dataset.image_size)
@@ -49,7 +50,7 @@ def model_and_data(config):
 
 def from_config(config) -> Experiment:
   """Every section of `config` (ConfigDict or dict), validated; a ValueError names a bad field."""
-  raw = _as_dict(config)
+  raw = as_dict(config)
   trainer_fields = {k: v for k, v in raw.items() if k not in SECTIONS}
   fields.check_known(trainer_fields, [f.name for f in fields.config_fields(TrainConfig)],
                      'config')
