@@ -2,7 +2,9 @@ r"""Trains and evaluates a model: `python main.py --config=configs/X.py --workdi
 
 Config fields can be overridden on the command line (`--config.learning_rate=1e-3`); the config
 is locked, so a misspelled field is an error. Re-running the same command resumes from the
-checkpoints in DIR.
+checkpoints in DIR (a changed config is refused unless --allow_config_change names the fields).
+Exit status: 0 done, 2 a config error (one line naming the field), 75 preempted by SIGTERM after
+saving a checkpoint (run the command again to resume).
 
 Multi-process: on TPU pods and SLURM / Open MPI clusters `jax.distributed` finds its peers
 itself; elsewhere (GPU or CPU hosts) pass --coordinator_address=HOST:PORT --num_processes=N
@@ -11,6 +13,7 @@ process.
 """
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -19,6 +22,8 @@ import jax
 from ml_collections import config_flags
 
 import trainer
+from token_learner import fields
+from token_learner.train import preemption
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs, summary.json.')
@@ -27,6 +32,9 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0 (multi-process); env JAX_COORDINATOR_ADDRESS.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes; env JAX_NUM_PROCESSES.')
 flags.DEFINE_integer('process_id', None, 'This process (0..num_processes-1); env JAX_PROCESS_ID.')
+flags.DEFINE_list('allow_config_change', [],
+                  'Config fields allowed to differ from those the workdir\'s checkpoints were '
+                  'trained with, e.g. num_train_steps (resuming refuses other changes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Environment variables by which jax.distributed.initialize() detects a cluster by itself.
@@ -73,7 +81,19 @@ def main(argv):
     pass
   logging.info('JAX process %d / %d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
+
+
+def train(config, workdir, allow_config_change=()):
+  """train_and_evaluate; a config error exits 2 with one line, a preemption exits 75."""
+  try:
+    trainer.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
+  except fields.ConfigError as e:  # One line naming the field, no traceback.
+    sys.stderr.write(f'main.py: config error: {e}\n')
+    sys.exit(2)
+  except preemption.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -6,8 +6,9 @@ r"""Runs every named override set of a config's `get_sweep()` and tabulates the 
 Each entry {'name': str, 'overrides': {'model.tokenlearner.num_tokens': 0, ...}} trains into
 WORKDIR/<name>/ (one after another; re-running resumes / re-evaluates finished runs), then
 WORKDIR/results.csv and WORKDIR/results.md list name, overrides, GFLOPs, parameters and the final
-metrics. Command-line overrides of --config apply to every run. --dry_run prints the equivalent
-`python main.py ...` command lines instead, e.g. to launch them on a cluster.
+metrics; WORKDIR/results.png plots accuracy vs GFLOPs, one labelled point per run. Command-line
+overrides of --config apply to every run. --dry_run prints the equivalent `python main.py ...`
+command lines instead, e.g. to launch them on a cluster.
 """
 import copy
 import csv
@@ -24,6 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from token_learner import tree
+from tools import plots
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Root directory; each run goes to WORKDIR/<name>.')
@@ -69,6 +71,7 @@ def write_results(root, rows):
     for row in rows:
       cells = [f'{row[k]:.4g}' if isinstance(row[k], float) else str(row[k]) for k in fields]
       f.write('| ' + ' | '.join(cells) + ' |\n')
+  plots.accuracy_vs_gflops(os.path.join(root, 'results.png'), rows)
 
 
 def result_row(name, overrides, workdir):

@@ -16,7 +16,6 @@ randomness is `fold_in(base_rng, step)`, and the input restarts at batch `step`,
 at any moment and restarted ends with the same parameters, bit for bit, as an uninterrupted run.
 """
 import functools
-import os
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -32,12 +31,14 @@ import optax
 from token_learner import build_model
 from token_learner import data
 from token_learner import experiment as experiment_lib
+from token_learner import fields
 from token_learner import pretrained
 from token_learner.flops import count_flops_and_params
 from token_learner.train import checkpoints
 from token_learner.train import losses
 from token_learner.train import logger
 from token_learner.train import optim
+from token_learner.train import preemption
 from token_learner.train import sharding
 from token_learner.train.config import MULTI_LABEL_LOSSES, TrainConfig
 
@@ -102,7 +103,8 @@ def eval_step(params, batch: Dict[str, jax.Array], eval_metrics, *, model, cfg: 
 
   Returns:
     (eval_metrics, scores): scores [B, K] (the merged predictions) for multi-label losses, whose
-    mAP ranks over the whole eval set, else None.
+    mAP ranks over the whole eval set, and with config.mean_per_class_accuracy; else None.
+    Batches with 'real_labels' [B, K] (ImageNet ReaL) also add to real_accuracy.
   """
   inputs = batch['inputs']
   if multi_view:
@@ -117,8 +119,10 @@ def eval_step(params, batch: Dict[str, jax.Array], eval_metrics, *, model, cfg: 
   targets = losses.dense_targets(batch['labels'], cfg.num_classes)
   loss = losses.LOSSES[cfg.loss](logits, targets)
   update = losses.ClassificationMetrics.single_from_model_output(
-      logits=scores, targets=targets, loss=loss, mask=batch['mask'])
-  return eval_metrics.merge(update), (scores if cfg.multi_label else None)
+      logits=scores, targets=targets, loss=loss, mask=batch['mask'],
+      real_labels=batch.get('real_labels'))
+  gather = cfg.multi_label or cfg.mean_per_class_accuracy
+  return eval_metrics.merge(update), (scores if gather else None)
 
 
 def compile_train_step(model, tx, cfg: TrainConfig, mesh, state_shardings):
@@ -140,7 +144,8 @@ def compile_eval_step(model, cfg: TrainConfig, mesh, params_shardings, multi_vie
 
 def evaluate(eval_step_fn, params, eval_input, mesh) -> Dict[str, float]:
   """One pass over `eval_input` (built once per run); padding (mask 0) is excluded, every example
-  counted once. Returns loss, accuracy, top5_accuracy, num_examples (and map, multi-label)."""
+  counted once. Returns loss, accuracy, top5_accuracy, num_examples (and map, multi-label;
+  mean_per_class_accuracy when asked; real_accuracy on ImageNet ReaL)."""
   eval_metrics = jax.jit(losses.ClassificationMetrics.empty,
                          out_shardings=sharding.replicated(mesh))()
   accumulator = losses.MultiLabelAccumulator()
@@ -155,10 +160,9 @@ def evaluate(eval_step_fn, params, eval_input, mesh) -> Dict[str, float]:
   finally:
     batches.close()
   eval_metrics = jax.device_get(eval_metrics)  # Replicated: every process holds the total.
-  result = {k: float(v) for k, v in eval_metrics.compute().items()}
+  result = losses.eval_results(eval_metrics)
   result['num_examples'] = int(eval_metrics.accuracy.count)
-  if accumulator.count:
-    result['map'] = accumulator.result()
+  result.update(accumulator.results())
   return result
 
 
@@ -173,14 +177,20 @@ def _check_dataset(experiment, info: data.DatasetInfo):
                      f'{list(MULTI_LABEL_LOSSES)} exactly for multi-label data')
 
 
-def train_and_evaluate(config, workdir: str, *,
-                       devices: Optional[Sequence[jax.Device]] = None) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.Device]] = None,
+                       allow_config_change: Sequence[str] = ()) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its checkpoints), returns the final metrics.
 
   Args:
     config: the experiment ConfigDict (configs/*.py); validated before anything is compiled.
     workdir: checkpoints/, TensorBoard events and summary.json go here.
     devices: the mesh's devices (default: all devices of all processes).
+    allow_config_change: fields that may differ from the config of the workdir's checkpoints
+      (besides checkpoints.SAFE_TO_CHANGE), e.g. ['num_train_steps'].
+
+  Raises:
+    fields.ConfigError: a bad config field (before anything is compiled) or a changed config.
+    preemption.Preempted: on SIGTERM, after saving the checkpoint of the current step.
 
   Returns:
     {'step', 'eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_num_examples',
@@ -188,13 +198,15 @@ def train_and_evaluate(config, workdir: str, *,
   """
   start_time = time.time()
   config_dict = experiment_lib.as_dict(config)
-  experiment = experiment_lib.from_config(config)
-  model_cfg, data_cfg = experiment.model, experiment.data
-  info = data.dataset_info(data_cfg)
-  mesh = sharding.create_mesh(devices)
-  cfg = experiment.train.for_run(num_train_examples=info.num_train, num_devices=mesh.size,
-                                 num_processes=jax.process_count())
-  _check_dataset(experiment, info)
+  with fields.config_errors():
+    experiment = experiment_lib.from_config(config)
+    model_cfg, data_cfg = experiment.model, experiment.data
+    info = data.dataset_info(data_cfg)
+    mesh = sharding.create_mesh(devices)
+    cfg = experiment.train.for_run(num_train_examples=info.num_train, num_devices=mesh.size,
+                                   num_processes=jax.process_count())
+    _check_dataset(experiment, info)
+    pretrained.check_path(experiment.init)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   eval_input = data.eval_input(data_cfg, batch_size=cfg.eval_batch_size, **process)
 
@@ -204,11 +216,14 @@ def train_and_evaluate(config, workdir: str, *,
   tx = optim.create_optimizer(cfg, learning_rate_fn)
   init_rng, dropout_rng = sharding.replicated_keys(cfg.seed, mesh)
 
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoints.manager(workdir, cfg.keep_checkpoints)
   abstract_state, state_shardings = sharding.abstract_train_state(
       init_rng, model, tx, model_cfg.input_shape, mesh, cfg.sharding_rules)
-  state, manager = checkpoints.restore_latest(manager, abstract_state)
+  checkpoints.check_writable(workdir, sum(x.size * x.dtype.itemsize
+                                          for x in jax.tree.leaves(abstract_state)))
+  manager = checkpoints.manager(workdir, cfg.keep_checkpoints)
+  state, manager, restored = checkpoints.restore_latest(manager, abstract_state, config_dict,
+                                                        allow_config_change)
+  run = restored.get('run', {})  # What the reports need from the processes before this one.
   if state is None:
     state, _ = sharding.create_train_state(init_rng, model, tx, model_cfg.input_shape, mesh,
                                            cfg.sharding_rules)
@@ -219,7 +234,8 @@ def train_and_evaluate(config, workdir: str, *,
 
   gflops, num_params = count_flops_and_params(model_cfg)
   logger.log_setup(experiment, cfg, mesh, info, state, gflops, num_params)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = logger.ResumedWriter(metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0), workdir)
   p_train_step = compile_train_step(model, tx, cfg, mesh, state_shardings)
   p_eval_step = compile_eval_step(model, cfg, mesh, state_shardings.params, data_cfg.is_video)
 
@@ -229,7 +245,18 @@ def train_and_evaluate(config, workdir: str, *,
   train_logger = logger.TrainLogger(
       writer, log_every_steps=cfg.log_every_steps, num_train_steps=cfg.num_train_steps,
       learning_rate_fn=learning_rate_fn, global_batch=cfg.batch_size)
-  eval_metrics = {}
+  train_logger.last = dict(run.get('train_metrics', {}))
+  wall_time = lambda: run.get('wall_time_s', 0.0) + time.time() - start_time
+
+  def save():
+    train_logger.flush()  # Never save a state that followed a NaN loss.
+    checkpoints.save(manager, step, state, config=config_dict,
+                     run={'train_metrics': train_logger.last, 'wall_time_s': wall_time()})
+    writer.flush()  # Everything logged up to a checkpoint is on disk with it.
+    return step
+
+  eval_metrics, saved = {}, None
+  watcher = preemption.Watcher(manager).__enter__()
   batches = data.Prefetcher(
       data.train_iterator(data_cfg, seed=cfg.seed, batch_size=cfg.batch_size, start_step=step,
                           **process), sharding.batch_sharding(mesh))
@@ -241,6 +268,7 @@ def train_and_evaluate(config, workdir: str, *,
         state, step_metrics = p_train_step(state, next(batches), dropout_rng)
       step += 1
       train_logger.add(step, step_metrics)
+      checkpoints.check_errors(manager, saved)
       for hook in hooks:
         hook(step)
       last = step == cfg.num_train_steps
@@ -249,22 +277,25 @@ def train_and_evaluate(config, workdir: str, *,
         with hooks[0].timed('eval'):
           eval_metrics = evaluate(p_eval_step, state.params, eval_input, mesh)
         writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
-      if last or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
-        train_logger.flush()  # Never save a state that followed a NaN loss.
-        checkpoints.save(manager, step, state)
+      preempted = watcher.stop_requested(step)
+      if last or preempted or (cfg.checkpoint_every_steps and
+                               step % cfg.checkpoint_every_steps == 0):
+        saved = save()
+      if preempted:
+        raise preemption.Preempted(step)
     train_logger.flush()
     eval_metrics = evaluate(p_eval_step, state.params, eval_input, mesh)
     writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
   finally:
+    watcher.__exit__()
     batches.close()
-    manager.wait_until_finished()
-    manager.close()
+    checkpoints.close(manager)
     writer.flush()
 
   final = {'step': step, **{f'eval_{k}': v for k, v in eval_metrics.items()},
            **train_logger.last}
   logger.write_summary(workdir, final, steps=step, num_train_steps=cfg.num_train_steps,
-                       wall_time_s=time.time() - start_time, gflops=gflops,
+                       wall_time_s=wall_time(), gflops=gflops,
                        num_params=num_params, num_devices=mesh.size,
                        num_processes=jax.process_count(), config=config_dict)
   logging.info('Final metrics at step %d: %s', step, final)

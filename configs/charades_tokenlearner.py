@@ -1,7 +1,8 @@
 r"""Charades (§6.1.1, Table 10): ViViT-B/16 + TokenLearner (8 tokens) + TokenFuser, 64-frame clips.
 
 Multi-label: 157 classes, any number per video, sigmoid cross-entropy, mAP ("v1 classification",
-token_learner.train.losses.mean_average_precision). 64 frames (12 fps, §6.1.1) at 224x224, tubelets
+token_learner.train.losses.mean_average_precision, as the official devkit: videos without labels
+rank last in every class, classes without positives are skipped). 64 frames (12 fps, §6.1.1) at 224x224, tubelets
 2x16x16 -> 32 x 14 x 14 tokens; from layer 6 on, every layer is TokenLearner (8 tokens per temporal
 slice: 256 tokens) -> Transformer block -> TokenFuser (Fig. 3(b), Fig. 8). Test views: 64-frame
 segments spread over the video, their responses merged (B.3) -- here 4 clips, probabilities
@@ -17,7 +18,11 @@ Charades cannot be downloaded here, set the file patterns:
   python main.py --config=configs/charades_tokenlearner.py --workdir=/tmp/tl_charades \
     --config.dataset.file_pattern_train='/data/charades/train-*.tfrecord' \
     --config.dataset.file_pattern_eval='/data/charades/test-*.tfrecord' \
-    --config.init_from.path=/data/ViT-B_16.npz
+    --config.init_from.path=/data/ViT-B_16.npz --config.init_from.inflation=central_frame
+
+init_from: an image checkpoint (a public ViT `.npz` or this project's ImageNet-21k run with
+`--config.init_from.kind=checkpoint`), its patch kernel inflated to 2x16x16 tubelets
+('central_frame' or 'average', ViViT's 3D init) and its position embedding tiled over time.
 
   python -m token_learner.flops --config=configs/charades_tokenlearner.py
 """

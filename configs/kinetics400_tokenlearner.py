@@ -6,7 +6,12 @@ Kinetics is read from DMVR-style TFRecords the user prepares (set the file patte
 
   python main.py --config=configs/kinetics400_tokenlearner.py --workdir=/tmp/tl_k400 \
     --config.dataset.file_pattern_train='/data/k400/train@*' \
-    --config.dataset.file_pattern_eval='/data/k400/val@*'
+    --config.dataset.file_pattern_eval='/data/k400/val@*' \
+    --config.init_from.path=/data/vit_models/ViT-L_16.npz --config.init_from.inflation=central_frame
+
+init_from (§5.2): an image ViT-L/16 (a public `.npz`, or this project's image pretraining with
+`--config.init_from.kind=checkpoint`); the patch kernel is inflated to 2x16x16 tubelets, the
+position embedding resampled to 14x14 and tiled over the 16 temporal slices.
 
   python -m token_learner.flops --config=configs/kinetics400_tokenlearner.py   # 766 GFLOPs / view
 """

@@ -55,7 +55,7 @@ def _subprocess_env(num_devices=None):
   return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS=flags)
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def subprocess_env():
   return _subprocess_env
 
@@ -76,7 +76,7 @@ def _tiny_config(**overrides):
   return config
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def tiny_config():
   return _tiny_config
 

@@ -258,7 +258,8 @@ def test_tfds_imagenet_mock(assert_batches_equal):
 def test_tfds_eval_input_reads_metadata_once(monkeypatch, assert_batches_equal):
   builders = []
   builder = images._tfds_builder  # pylint: disable=protected-access
-  monkeypatch.setattr(images, '_tfds_builder', lambda cfg: builders.append(1) or builder(cfg))
+  monkeypatch.setattr(images, '_tfds_builder',
+                      lambda *a: builders.append(1) or builder(*a))
   with tfds.testing.mock_data(num_examples=10):
     evaluation = data.eval_input(make_cfg(name='cifar10', image_size=8), batch_size=4)
     assert len(builders) == 1
@@ -376,3 +377,30 @@ def test_tfds_corrupt_record_named_or_skipped(caplog):
     assert sum(b['mask'].sum() for b in evaluation) == 11
     labels = concat(take(train(cfg, batch_size=4), 11), 'labels')  # 4 epochs of 11 records.
     assert collections.Counter(labels)[5] == 0 and len(set(labels)) == 9
+
+
+def test_tfds_imagenet_real_eval_carries_real_labels():
+  """config.dataset.eval_name='imagenet2012_real': eval batches carry the ReaL sets as multi-hot
+  'real_labels' (padding rows all zero), and the ReaL accuracy of given scores matches a count
+  over the raw TFDS records (images with an empty set skipped)."""
+  from token_learner.train import losses  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=10):
+    cfg = make_cfg(name='imagenet2012', eval_name='imagenet2012_real', image_size=16,
+                   eval_split='validation', shuffle_buffer=8)
+    batches = evaluate(cfg, batch_size=4)
+    records = list(tfds.as_numpy(tfds.builder('imagenet2012_real').as_dataset(split='validation')))
+  real, labels, mask = (concat(batches, k) for k in ('real_labels', 'labels', 'mask'))
+  assert real.shape == (12, 1000) and mask.sum() == 10 and not real[10:].any()
+  want_sets = [set(r['real_label'].tolist()) for r in records]
+  assert [set(np.flatnonzero(r).tolist()) for r in real[:10]] == want_sets
+  np.testing.assert_array_equal(labels[:10], [r['original_label'] for r in records])
+  logits = np.random.default_rng(0).normal(size=(12, 1000)).astype(np.float32)
+  logits[np.arange(0, 10, 2), labels[:10:2]] += 100.0  # some predictions on the original label
+  m = losses.ClassificationMetrics.single_from_model_output(
+      logits=logits, targets=np.eye(1000, dtype=np.float32)[labels], loss=np.zeros(12),
+      mask=mask, real_labels=real)
+  top = logits.argmax(-1)[:10]
+  valid = [i for i in range(10) if want_sets[i]]
+  if valid:
+    want = np.mean([top[i] in want_sets[i] for i in valid])
+    assert losses.eval_results(m)['real_accuracy'] == pytest.approx(want)

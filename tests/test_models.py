@@ -75,9 +75,10 @@ def test_fuser_alternatives_keep_the_grid(fuser_type):
                                                fuser_type=fuser_type))
   logits, aux = model.apply({'params': params}, x, train=False)
   assert logits.shape == (2, 5) and len(aux['attention_maps']) == 2
-  has_params = fuser_type != 'unpool'  # unpooling reuses the TokenLearner's maps
-  assert ('fuser_1' in params['Transformer']) == has_params
-  assert ('fuser_2' in params['Transformer']) == has_params
+  for lyr in (1, 2):
+    fuser = params['Transformer'][f'fuser_{lyr}']
+    if fuser_type == 'unpool':  # reuses the TokenLearner's maps; only normalises the tokens
+      assert set(fuser) == {'LayerNorm_0'}
 
 
 def test_unpool_spreads_tokens_with_the_maps():
@@ -85,8 +86,11 @@ def test_unpool_spreads_tokens_with_the_maps():
   residual = np.random.default_rng(0).standard_normal((1, 3, 4, 2)).astype(np.float32)
   maps = np.random.default_rng(1).random((1, 2, 3, 4)).astype(np.float32)
   tokens = np.random.default_rng(2).standard_normal((1, 2, 2)).astype(np.float32)
-  out = Unpool().apply({}, tokens, residual, maps)
-  want = residual + np.einsum('shw,sc->hwc', maps[0], tokens[0])[None]
+  out = Unpool().apply({'params': {'LayerNorm_0': {'scale': np.ones(2), 'bias': np.zeros(2)}}},
+                      tokens, residual, maps)
+  mu, var = tokens.mean(-1, keepdims=True), tokens.var(-1, keepdims=True)
+  normed = (tokens - mu) / np.sqrt(var + 1e-6)
+  want = residual + np.einsum('shw,sc->hwc', maps[0], normed[0])[None]
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
 
@@ -207,7 +211,14 @@ def test_flops_command_line():
     (dict(variant='B/15'), 'variant'),
     (dict(num_tokens=8, version='v2'), 'version'),
     (dict(classifier='max'), 'classifier'),
-    (dict(num_tokens=8, classifier='token'), 'classifier'),
+    (dict(num_tokens=8, fuser=True, loc=12), r'fuser=True with config.model.tokenlearner.loc=12'),
+    (dict(num_tokens=197), r'config.model.tokenlearner.num_tokens=197 exceeds'),
+    (dict(spatial_pooling=((2, 2), (2, 2))), r'config.model.spatial_pooling=.*layer twice'),
+    (dict(spatial_pooling=((2.0, 2),)), r'config.model.spatial_pooling layer'),
+    (dict(spatial_pooling=((2, 2, 2),)), r'config.model.spatial_pooling entry'),
+    (dict(spatial_pooling=(2,)), r'config.model.spatial_pooling entry'),
+    (dict(head_bias_init=float('nan')), 'config.model.head_bias_init'),
+    (dict(head_bias_init=float('-inf')), 'config.model.head_bias_init'),
     (dict(num_tokens=0, fuser=True), 'fuser'),
     (dict(num_tokens=8, fuser=True, fuser_type='mlp'), 'fuser_type'),
     (dict(name='vivit', num_frames=7), 'num_frames'),
@@ -235,3 +246,47 @@ def test_config_is_locked_and_overridable():
     config.model.tokenlearner.num_tokns = 3
   config.model.num_layers = 21  # a typed placeholder accepts an int
   assert model_and_data(config)[0].num_layers == 21
+
+
+# ----------------------------------------------------------------------------- numerics
+def test_bfloat16_forward_matches_float32(randomise):
+  """dtype='bfloat16' computes in bf16 (params float32) with attention logits and softmax in
+  float32: logits of O(1) stay within 0.05 of the float32 forward (a few bf16 ulps over 4 layers)."""
+  model_cfg = dict(num_layers=4, num_tokens=8, loc=2, fuser=True, image_size=32)
+  _, model, params, x = init_model(make_config(**model_cfg))
+  params = randomise(params, scale=0.1)
+  want, _ = model.apply({'params': params}, x, train=False)
+  got, _ = build_model(make_config(dtype='bfloat16', **model_cfg)).apply(
+      {'params': params}, x, train=False)
+  assert got.dtype == jnp.float32 and float(jnp.abs(want).max()) > 0.1
+  np.testing.assert_allclose(got, want, atol=0.05, rtol=0)
+
+
+def test_attention_logits_and_softmax_run_in_float32():
+  """bf16 inputs: `float32_attention` equals float32 attention on the same (bf16-rounded) inputs
+  up to the rounding of its bf16 output; bf16 logits (flax's default path) are far off."""
+  from token_learner.modules import float32_attention  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  q, k, v = (4 * jax.random.normal(key, (2, 256, 4, 16)).astype(jnp.bfloat16)
+             for key in jax.random.split(jax.random.key(0), 3))
+  f32 = lambda a: a.astype(jnp.float32)
+  want = nn.dot_product_attention(f32(q), f32(k), f32(v))
+  tol = float(jnp.abs(want).max()) * 2 ** -7  # one bf16 ulp of the largest output, x2
+  got = float32_attention(q, k, v)
+  assert got.dtype == jnp.bfloat16
+  assert float(jnp.abs(f32(got) - want).max()) <= tol
+  assert float(jnp.abs(f32(nn.dot_product_attention(q, k, v)) - want).max()) > 4 * tol
+
+
+def test_unpool_fuser_keeps_activations_bounded():
+  """Unpool spreads layer-normalised tokens (Scenic: normalisation is needed with sum pooling):
+  a position gains at most sum_i A_i <= S unit-RMS tokens per layer, so after L fused layers the
+  RMS is at most RMS(embedding) + L*S (unnormalised, sum-pooled tokens grew ~100x per layer)."""
+  s, depth = 8, 4
+  _, model, params, x = init_model(make_config(num_layers=depth, num_tokens=s, loc=0, fuser=True,
+                                               fuser_type='unpool', image_size=32))
+  _, state = model.apply({'params': params}, x, train=False, capture_intermediates=True)
+  rms = lambda a: float(jnp.sqrt(jnp.mean(jnp.square(a))))
+  embed = rms(state['intermediates']['embedding']['__call__'][0])
+  out = state['intermediates']['Transformer'][f'fuser_{depth - 1}']['__call__'][0]
+  assert np.isfinite(out).all() and rms(out) <= embed + depth * s

@@ -40,3 +40,18 @@ def test_sweep_runs_entries_and_tabulates(tmp_path, subprocess_env):
     assert os.path.exists(os.path.join(tmp_path, row['name'], 'summary.json'))
   assert rows[0]['gflops'] != rows[1]['gflops']
   assert '| vit |' in open(os.path.join(tmp_path, 'results.md')).read()
+  with open(os.path.join(tmp_path, 'results.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_results_plot_has_one_point_per_finished_run(tmp_path, monkeypatch):
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from tools import plots  # pylint: disable=g-import-not-at-top
+  points = []
+  monkeypatch.setattr(plt.Axes, 'scatter', lambda self, x, y, **kw: points.append((x, y)))
+  rows = [dict(name='a', gflops=0.5, eval_accuracy=0.9), dict(name='b', gflops=1.0,
+                                                              eval_accuracy=0.95),
+          dict(name='failed', gflops='', eval_accuracy='failed')]
+  plots.accuracy_vs_gflops(str(tmp_path / 'r.png'), rows)
+  assert points == [(0.5, 90.0), (1.0, 95.0)]
+  assert os.path.getsize(tmp_path / 'r.png') > 1000

@@ -206,6 +206,8 @@ def _no_compiling(*args, **kwargs):
     ('loss', 'hinge', 'config.loss'),
     ('dataset.crop_min_area', 1.5, 'config.dataset.crop_min_area'),
     ('init_from.kind', 'torch', 'config.init_from.kind'),
+    ('init_from.path', '/nonexistent/ViT-B_16.npz', 'config.init_from.path'),
+    ('weight_decay_regex', '(', 'config.weight_decay_regex'),
 ])
 def test_bad_config_field_fails_before_compiling(tmp_path, monkeypatch, field, value, message,
                                                  tiny_config):
@@ -289,3 +291,9 @@ def test_init_from_checkpoint_loads_params(tmp_path, tiny_config, restore_params
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
   _assert_trees_equal(restore_params(source, 2), restore_params(target, 2))
+
+
+def test_mean_per_class_accuracy_is_reported_when_asked(tmp_path, tiny_config):
+  result = trainer.train_and_evaluate(tiny_config(mean_per_class_accuracy=True), str(tmp_path))
+  assert 0.0 <= result['eval_mean_per_class_accuracy'] <= 1.0
+  assert 'eval_map' not in result and 'eval_real_accuracy' not in result

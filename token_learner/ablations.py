@@ -11,7 +11,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
-from token_learner.modules import from_frames, to_frames
+from token_learner.modules import float32_attention, from_frames, to_frames
 
 Dtype = Any
 
@@ -34,7 +34,12 @@ def spatial_pool(x, grid_shape, k):
 
 
 class Unpool(nn.Module):
-  """X_t + sum_i A_i(X_t) y_i: each processed token goes back where its map attended (Fig. 7).
+  """X_t + sum_i A_i(X_t) LN(y_i): each processed token goes back where its map attended (Fig. 7).
+
+  The tokens are layer-normalised first: a sum-pooled token (Eq. 1, rho = sum) carries the mass of
+  up to H*W positions, and spreading it back unnormalised multiplies the activations by ~H*W*S at
+  every fused layer. Scenic's TokenFuser normalises its input for this reason ("needed when using
+  sum pooling"); the TokenFuser here does the same (its LayerNorm_0).
 
   Call: `(tokens [B, T*S, C], residual, maps [B, (T,) S, H, W], grid_shape=None, *, train=False)`.
   """
@@ -44,6 +49,7 @@ class Unpool(nn.Module):
     del train
     frames, (t, _, _), _ = to_frames(residual, grid_shape)
     maps = maps.reshape(frames.shape[0], t, -1, frames.shape[2])  # [B, T, S, H*W]
+    tokens = nn.LayerNorm(name='LayerNorm_0')(tokens)
     tokens = einops.rearrange(tokens, 'b (t s) c -> b t s c', t=t)
     return from_frames(frames + jnp.einsum('btsn,btsc->btnc', maps, tokens), residual)
 
@@ -69,7 +75,8 @@ class Reprojection(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
-        deterministic=not train, name='MultiHeadDotProductAttention_2')(q, kv)
+        attention_fn=float32_attention, deterministic=not train,
+        name='MultiHeadDotProductAttention_2')(q, kv)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_3')(x)
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, name='Dense_0')(y)

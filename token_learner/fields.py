@@ -7,11 +7,28 @@ the dataclass's `__post_init__` validates values with the checkers below, so a b
 before anything is traced or compiled. Fields marked `derived()` are filled by the boundary from
 another section (e.g. the model's input size from the dataset) and are not accepted in a config.
 """
+import contextlib
 import dataclasses
 import math
 from typing import Any, Dict, Mapping, Sequence
 
 _DERIVED = 'derived'
+
+
+class ConfigError(ValueError):
+  """A config field is invalid or conflicts with the data or the workdir; the message names the
+  field (main.py prints it as one line and exits with status 2)."""
+
+
+@contextlib.contextmanager
+def config_errors():
+  """Re-raises a ValueError of the block (a failed check) as ConfigError."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
 
 
 def derived(default: Any = None, **kwargs):
@@ -65,11 +82,13 @@ def check_int(where: str, value, minimum: int = 0) -> int:
 
 def check_number(where: str, value, minimum: float = 0.0, maximum: float = math.inf,
                  below_max: bool = False) -> float:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and minimum <= value and (
-      value < maximum if below_max else value <= maximum)
+  # inf and nan compare as in range (nan as nothing at all) yet poison the run: finite only.
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        and minimum <= value and (value < maximum if below_max else value <= maximum))
   if not ok:
     bracket = ')' if below_max else ']'
-    raise ValueError(f'{where}={value!r} must be a number in [{minimum}, {maximum}{bracket}')
+    raise ValueError(f'{where}={value!r} must be a finite number in [{minimum}, {maximum}'
+                     f'{bracket}')
   return float(value)
 
 

@@ -23,7 +23,7 @@ _SIZES = {
 }
 VARIANTS = ('Ti/16', 'S/32', 'S/16', 'B/32', 'B/16', 'L/16', 'L/14', 'L/10', 'L/8', 'H/14',
             'Ti/4', 'Mu/4', 'Mu/2')
-MODELS = ('vit', 'vivit')
+MODELS = ('vit', 'vivit', 'bottleneck')  # bottleneck: §6, token_learner/bottleneck.py
 VERSIONS = ('v1', 'v1.1')
 CLASSIFIERS = ('gap', 'token')
 FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
@@ -65,6 +65,79 @@ class TokenLearnerConfig:
     fields.check_int(f'{_TL}.loc', self.loc)
 
 
+# §6 bottleneck model: the module that replaces the residual modules' temporal conv in the last
+# stage (Tables 12, 13 and §6.3.3), see token_learner/bottleneck.py.
+BOTTLENECK_MODULES = (
+    'conv2d_tokenlearner', 'tokenlearner', 'joint_mhsa', 'conv2d_joint_mhsa', 'conv2d_conv1d',
+    'conv2d_mixer', 'conv2d_temporal', 'spatial_temporal', 'conv2d_spatial_temporal',
+    'spatial_tokenlearner', 'conv2d_grid_tokens', 'conv2d_dense_tokens', 'conv2d_pool_mlp')
+BOTTLENECK_TOKENIZERS = ('conv2d_tokenlearner', 'tokenlearner', 'spatial_tokenlearner',
+                         'conv2d_grid_tokens', 'conv2d_dense_tokens', 'conv2d_pool_mlp')
+BOTTLENECK_TRANSFORMERS = ('vector', 'mhsa')
+_BN = 'config.model.bottleneck'
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckConfig:
+  """`config.model.bottleneck` (name='bottleneck'): X(2+1)D-M and its last-stage module (§6.1).
+
+  Defaults are X3D-M (Feichtenhofer 2020, Table 1): stem 24, res2..res5 widths 24/48/96/192,
+  depths 3/5/11/7, inner width = round(2.25 x width) (54/108/216/432), conv5 432, head 2048.
+  """
+  stem_width: int = 24
+  widths: Tuple[int, ...] = (24, 48, 96, 192)  # output channels of res2..res5
+  depths: Tuple[int, ...] = (3, 5, 11, 7)  # residual modules per stage
+  expansion: float = 2.25  # inverted bottleneck: inner width d = round(expansion * width)
+  conv5_width: int = 432  # 1x1x1 conv after res5
+  head_width: int = 2048  # fc1 after global pooling (no normalisation, as X3D)
+  strides: Tuple[int, ...] = (2, 2, 2, 2, 2)  # spatial strides of the stem, res2..res5
+  temporal_kernel: int = 3  # the 1D temporal conv of each (2+1)D pair
+  stem_temporal_kernel: int = 5  # X3D's 5x1x1 channel-wise stem conv
+  norm_groups: int = 8  # GroupNorm groups: gcd(channels, norm_groups) per layer
+  module: str = 'conv2d_tokenlearner'  # BOTTLENECK_MODULES; replaces the res5 (2+1)D pair
+  module_stages: Tuple[int, ...] = (3,)  # stages (0 = res2 .. 3 = res5) that use `module`
+  num_tokens: int = 8  # S tokens per frame (TokenLearner and the §6.3.3 tokenizers)
+  tl_conv_layers: int = 1  # convolutions in the TokenLearner's alpha (one conv2d, §6.1)
+  transformer: str = 'vector'  # 'vector' (Appendix A, Eq. 3) or 'mhsa' (Table 14)
+  num_heads: int = 8  # MHSA heads (joint / spatial / temporal modules, transformer='mhsa')
+  query_chunk: int = 0  # Vector Transformer: queries per chunk (0 = all at once)
+  fuser_mlp_dim: int = 64  # TokenFuser beta MLP width
+  mixer_dim: int = 0  # MLP-Mixer channel MLP width (0 = the inner width d)
+  mhsa_dim: int = 0  # qkv width of the MHSA layers (0 = the inner width d)
+  head_dropout: float = 0.5  # dropout before the classifier (X3D)
+
+  def __post_init__(self):
+    for f in ('widths', 'depths', 'strides', 'module_stages'):
+      fields.set_field(self, f, tuple(getattr(self, f)))
+    for f in ('stem_width', 'conv5_width', 'head_width', 'temporal_kernel', 'norm_groups',
+              'num_tokens', 'tl_conv_layers', 'num_heads', 'fuser_mlp_dim'):
+      fields.check_int(f'{_BN}.{f}', getattr(self, f), 1)
+    for f in ('query_chunk', 'mixer_dim', 'mhsa_dim', 'stem_temporal_kernel'):
+      fields.check_int(f'{_BN}.{f}', getattr(self, f), 0)
+    if len(self.widths) != 4 or len(self.depths) != 4 or len(self.strides) != 5:
+      raise ValueError(f'{_BN}: widths and depths need 4 entries (res2..res5), strides 5 '
+                       f'(stem, res2..res5); got {self.widths}, {self.depths}, {self.strides}')
+    for f in ('widths', 'depths', 'strides'):
+      for v in getattr(self, f):
+        fields.check_int(f'{_BN}.{f}', v, 1)
+    for s in self.module_stages:
+      fields.check_choice(f'{_BN}.module_stages', s, (0, 1, 2, 3))
+    fields.check_number(f'{_BN}.expansion', self.expansion, 1e-6)
+    fields.check_number(f'{_BN}.head_dropout', self.head_dropout, 0.0, 1.0, below_max=True)
+    fields.check_choice(f'{_BN}.module', self.module, BOTTLENECK_MODULES)
+    fields.check_choice(f'{_BN}.transformer', self.transformer, BOTTLENECK_TRANSFORMERS)
+    uses_mhsa = any(k in self.module for k in ('mhsa', 'spatial', 'temporal')) or (
+        self.module in BOTTLENECK_TOKENIZERS and self.transformer == 'mhsa')
+    for s in self.module_stages:
+      d = self.mhsa_dim or self.inner_width(s)
+      if uses_mhsa and d % self.num_heads:
+        raise ValueError(f'{_BN}: the inner width {d} of stage {s} is not divisible by '
+                         f'num_heads={self.num_heads}')
+
+  def inner_width(self, stage: int) -> int:
+    return int(round(self.expansion * self.widths[stage]))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """`config.model`, plus the input geometry of `config.dataset` (set by the boundary)."""
@@ -72,7 +145,7 @@ class ModelConfig:
   variant: str = 'B/16'  # ViT size/patch (VARIANTS).
   num_classes: int = 1000  # size of the classification head.
   num_layers: Optional[int] = None  # None: the variant's depth.
-  classifier: str = 'gap'  # 'gap' or 'token' (CLS; plain ViT / ViViT only).
+  classifier: str = 'gap'  # 'gap' or 'token' (CLS, carried past a TokenLearner; not with pooling).
   representation_size: Optional[int] = None  # pre-logits width; None: no pre-logits.
   head_bias_init: float = 0.0
   dropout_rate: float = 0.0
@@ -84,6 +157,8 @@ class ModelConfig:
   # as (layer, k) pairs, e.g. ((9, 2), (18, 2)). Not combinable with a TokenLearner.
   spatial_pooling: Tuple[Tuple[int, int], ...] = ()
   tokenlearner: TokenLearnerConfig = TokenLearnerConfig()
+  # name='bottleneck' only (§6): X(2+1)D-M + TokenLearner bottleneck, see BottleneckConfig.
+  bottleneck: BottleneckConfig = BottleneckConfig()
   # Input geometry, from config.dataset (validation, input shape, FLOPs).
   image_size: Tuple[int, int] = fields.derived((224, 224))
   num_frames: int = fields.derived(1)
@@ -93,17 +168,22 @@ class ModelConfig:
     """The model section (a dict) -> ModelConfig; unknown keys and bad values are ValueErrors."""
     section = dict(section or {})
     tl = fields.from_dict(TokenLearnerConfig, section.pop('tokenlearner', {}), _TL)
-    return fields.from_dict(cls, section, 'config.model', tokenlearner=tl,
+    bn = fields.from_dict(BottleneckConfig, section.pop('bottleneck', {}), _BN)
+    return fields.from_dict(cls, section, 'config.model', tokenlearner=tl, bottleneck=bn,
                             image_size=image_size, num_frames=num_frames)
 
   def __post_init__(self):
     fields.check_choice('config.model.name', self.name, MODELS)
-    fields.check_choice('config.model.variant', self.variant, VARIANTS)
+    if self.name != 'bottleneck':  # The bottleneck model has no ViT variant.
+      fields.check_choice('config.model.variant', self.variant, VARIANTS)
     if isinstance(self.tokenlearner, dict):
       fields.set_field(self, 'tokenlearner',
                        fields.from_dict(TokenLearnerConfig, self.tokenlearner, _TL))
+    if isinstance(self.bottleneck, dict):
+      fields.set_field(self, 'bottleneck', fields.from_dict(BottleneckConfig, self.bottleneck, _BN))
     if self.num_layers is None:
-      fields.set_field(self, 'num_layers', _SIZES[self.variant.split('/')[0]][1])
+      fields.set_field(self, 'num_layers', sum(self.bottleneck.depths) if self.name ==
+                       'bottleneck' else _SIZES[self.variant.split('/')[0]][1])
     fields.check_int('config.model.num_layers', self.num_layers, 1)
     fields.check_int('config.model.num_classes', self.num_classes, 1)
     fields.check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
@@ -114,9 +194,28 @@ class ModelConfig:
     if self.representation_size is not None:
       fields.check_int('config.model.representation_size', self.representation_size, 1)
     fields.check_int('config.model.tubelet_size', self.tubelet_size, 1)
-    self._check_tokenlearner()
+    if self.name == 'bottleneck':  # config.model.tokenlearner is not used by this model.
+      self._check_bottleneck_geometry()
+      return
     self._check_geometry()
+    self._check_tokenlearner()
     self._check_spatial_pooling()
+
+  def _check_bottleneck_geometry(self):
+    size = self.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    fields.set_field(self, 'image_size', size)
+    fields.check_int('config.dataset.num_frames', self.num_frames, 1)
+    bn = self.bottleneck
+    if self.classifier != 'gap' or self.spatial_pooling:
+      raise ValueError("config.model.name='bottleneck' needs classifier='gap' and no "
+                       'spatial_pooling')
+    stride = 1
+    for s in bn.strides:
+      stride *= s
+    if min(size) < stride:
+      raise ValueError(f'config.dataset.image_size={size} is smaller than the total spatial '
+                       f'stride {stride} of {_BN}.strides={bn.strides}')
 
   def _check_tokenlearner(self):
     tl = self.tokenlearner
@@ -124,9 +223,13 @@ class ModelConfig:
       return
     if not 0 <= tl.loc <= self.num_layers:
       raise ValueError(f'{_TL}.loc={tl.loc!r} must be in [0, num_layers={self.num_layers}]')
-    if self.classifier == 'token':
-      raise ValueError("config.model.classifier='token' cannot be used with a TokenLearner "
-                       f"({_TL}.num_tokens > 0); use 'gap'")
+    if tl.fuser and tl.loc == self.num_layers:
+      raise ValueError(f'{_TL}.fuser=True with {_TL}.loc={tl.loc} == num_layers: no layer would '
+                       'run TokenLearner -> block -> fuser; use loc < num_layers')
+    _, gh, gw = self.grid_shape
+    if tl.num_tokens > gh * gw:
+      raise ValueError(f'{_TL}.num_tokens={tl.num_tokens} exceeds the {gh}x{gw} = {gh * gw} '
+                       'positions per frame it pools')
 
   def _check_geometry(self):
     size = self.image_size
@@ -145,7 +248,18 @@ class ModelConfig:
                        f'config.model.tubelet_size={self.tubelet_size}')
 
   def _check_spatial_pooling(self):
-    pooling = tuple(tuple(p) for p in (self.spatial_pooling or ()))
+    where = 'config.model.spatial_pooling'
+    pooling = []
+    for entry in self.spatial_pooling or ():
+      if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+        raise ValueError(f'{where} entry {entry!r} must be a (layer, k) pair')
+      fields.check_int(f'{where} layer of {tuple(entry)}', entry[0])
+      fields.check_int(f'{where} k of {tuple(entry)}', entry[1], 1)
+      pooling.append(tuple(entry))
+    layers = [layer for layer, _ in pooling]
+    if len(set(layers)) != len(layers):
+      raise ValueError(f'{where}={tuple(pooling)} names a layer twice')
+    pooling = tuple(sorted(pooling))
     fields.set_field(self, 'spatial_pooling', pooling)
     if not pooling:
       return
@@ -179,7 +293,7 @@ class ModelConfig:
 
   @property
   def is_video(self) -> bool:
-    return self.name == 'vivit'
+    return self.name in ('vivit', 'bottleneck')
 
   @property
   def uses_tokenlearner(self) -> bool:

@@ -1,9 +1,10 @@
 """Model construction from a validated `ModelConfig`: a plain dict, no registry side effects."""
+from token_learner.bottleneck import XBottleneck
 from token_learner.model_config import ModelConfig
 from token_learner.vit import ViT
 from token_learner.vivit import ViViT
 
-MODELS = {'vit': ViT, 'vivit': ViViT}
+MODELS = {'vit': ViT, 'vivit': ViViT, 'bottleneck': XBottleneck}
 
 
 def build_model(config: ModelConfig):

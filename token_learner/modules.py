@@ -187,3 +187,21 @@ class TokenFuser(nn.Module):
     fused = jnp.einsum('btns,btsc->btnc', weights, y)
     fused = nn.Dropout(self.dropout_rate)(fused, deterministic=not train)
     return from_frames(frames + fused, residual)
+
+
+def float32_attention(query, key, value, bias=None, mask=None, broadcast_dropout=True,
+                      dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
+                      precision=None, module=None):
+  """`nn.dot_product_attention` with the logits q.k and the softmax in float32.
+
+  The `attention_fn` of every attention layer here: with a bfloat16 compute dtype the logits of
+  long sequences lose most of their mantissa before the softmax (and its max-subtraction), so they
+  are formed and normalised in float32; the result is cast back to `value`'s dtype.
+  """
+  del dtype
+  f32 = lambda a: a.astype(jnp.float32)
+  out = nn.dot_product_attention(
+      f32(query), f32(key), f32(value), bias=bias, mask=mask,
+      broadcast_dropout=broadcast_dropout, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+      deterministic=deterministic, dtype=jnp.float32, precision=precision, module=module)
+  return out.astype(value.dtype)

@@ -12,18 +12,34 @@ and the weights of the Transformer and the TokenLearner layers were directly ado
 - `embedding/kernel` `[p, p, 3, D]` -> `[t, p, p, 3, D]`: 'central_frame' puts it at time t // 2
   (zeros elsewhere), 'average' repeats it over time divided by t (a static clip then embeds as
   the image does).
-- `pos_embedding` `[1, (1+) h*w, D]`: the grid part bilinearly resized to the target grid and tiled
-  over the T' temporal slices; the CLS entry kept, added (zeros) or dropped with `cls`.
+- `pos_embedding` `[1, (1+) h*w, D]`: the grid part resampled to the target grid with the public
+  code's semantics (vit_jax `checkpoint.load_pretrained` and big_vision `resample_posemb` both
+  call `scipy.ndimage.zoom(grid, zoom, order=1)`: linear interpolation whose corner samples
+  coincide, `resample_grid` here, in numpy) and tiled over the T' temporal slices; the CLS entry
+  kept, added (zeros) or dropped with `cls`.
+- CLS token: vit_jax prepends it *before* adding the position embedding (entry 0 of
+  `pos_embedding` is the CLS token's), big_vision (`pool_type='tok'`) adds the embedding to the
+  h*w patches and *then* prepends the CLS token (no entry for it). A big_vision checkpoint is
+  brought to the vit_jax layout exactly: a zero entry 0 (its token enters the encoder as `cls`).
+  A model with classifier='token' carries the CLS token through the encoder, also with a
+  TokenLearner (`token_learner.vit.Encoder`), so the loaded blocks compute what they computed in
+  the source; a 'gap' model drops the source's CLS token (logged: its blocks then see one token
+  fewer than in the source).
 - TokenLearner / fuser parameters (`Transformer/tokenlearner_*`, `fuser_*`) are loaded when the
   source has them and kept freshly initialised otherwise (ViT checkpoints have none).
 - `head` (and `pre_logits` when absent or of another width) keep their fresh initialisation.
 Anything else must match in shape; a mismatch is a ValueError naming the parameter and both shapes.
 
-Key layouts read: vit_jax (`Transformer/encoderblock_{i}/MlpBlock_3/...`, as this project's
-models), big_vision (`params/` prefix, top-level `pos_embedding`, `MlpBlock_0` / `LayerNorm_1` /
-`MultiHeadDotProductAttention_0`, or a scanned `encoderblock` with a leading layer axis).
+Key layouts read (`.npz` files, and this project's orbax checkpoint folders with kind
+'checkpoint'): vit_jax (`Transformer/posembed_input/pos_embedding`,
+`Transformer/encoderblock_{i}/MlpBlock_3/...`, as this project's models), big_vision (optional
+`params/` prefix, top-level `pos_embedding`, `MlpBlock_0` / `LayerNorm_1` /
+`MultiHeadDotProductAttention_0`, or a scanned `Transformer/encoderblock` with a leading layer
+axis; heads 'tok', 'gap'; a 'map' head (`MAPHead/...`) is a ValueError naming it). big_vision's
+tensorstore checkpoint folders are not read: convert them to `.npz` first.
 """
 import dataclasses
+import os
 import re
 from typing import Dict
 
@@ -57,6 +73,21 @@ class InitConfig:
     fields.check_choice('config.init_from.inflation', self.inflation, INFLATIONS)
 
 
+def check_path(init: InitConfig):
+  """Raises a ValueError naming config.init_from.path if it cannot be read (run before anything
+  is compiled): a `.npz` file, or for kind 'checkpoint' also a checkpoint folder."""
+  if not init.path:
+    return
+  if init.path.endswith('.npz'):
+    ok = os.path.isfile(init.path)
+  else:
+    ok = init.kind == 'checkpoint' and os.path.isdir(init.path)
+  if not ok:
+    want = "a .npz file or a checkpoint folder" if init.kind == 'checkpoint' else 'a .npz file'
+    raise ValueError(f'config.init_from.path={init.path!r} is not {want} that exists '
+                     f'(config.init_from.kind={init.kind!r})')
+
+
 def save_npz(path: str, params):
   """Writes params as a flat `.npz` (keys joined by '/'), the layout `init_from` reads."""
   with open(path, 'wb') as f:
@@ -64,12 +95,19 @@ def save_npz(path: str, params):
 
 
 def _canonical_keys(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """big_vision names and scanned layers -> the vit_jax layout of this project's models."""
+  """big_vision names and scanned layers -> the vit_jax layout (and semantics) of this project."""
+  flat = {re.sub(r'^params/', '', k): v for k, v in flat.items()}
+  heads = sorted(k for k in flat if k.startswith('MAPHead'))
+  if heads:
+    raise ValueError(f'{heads[0]}: the checkpoint has a MAP head (big_vision pool_type=\'map\'),'
+                     " which this project's models do not support (config.model.classifier "
+                     "'gap' or 'token'); export a 'gap' or 'tok' model")
   out = {}
   for key, v in flat.items():
-    key = re.sub(r'^params/', '', key)
-    if key == 'pos_embedding':
+    if key == 'pos_embedding':  # big_vision: h*w entries, added before the CLS is prepended.
       key = _POSEMB
+      if 'cls' in flat:  # vit_jax semantics: entry 0 belongs to the CLS token, here zero.
+        v = np.concatenate([np.zeros_like(v[:, :1]), v], axis=1)
     m = re.match(r'^Transformer/encoderblock/(.*)$', key)
     if m:  # Scanned layers: leading axis = layer.
       for i in range(v.shape[0]):
@@ -108,13 +146,32 @@ def inflate_kernel(kernel, t: int, how: str):
   raise ValueError(f'config.init_from.inflation={how!r} is not one of {list(INFLATIONS)}')
 
 
-def _resize_grid(grid, shape, name):
-  """`[h, w, D]` -> `[H, W, D]` by bilinear interpolation (identity when the size is equal)."""
+def resample_linear(a, axis: int, size: int):
+  """Linear resampling of `a` along `axis` to `size` samples, corner samples aligned.
+
+  Output sample o sits at input coordinate o * (n - 1) / (size - 1) (0 when size is 1), as in
+  `scipy.ndimage.zoom(..., order=1)` (grid_mode=False), the call of vit_jax and big_vision.
+  """
+  a = np.asarray(a)
+  n = a.shape[axis]
+  if n == size:
+    return a
+  step = (n - 1) / (size - 1) if size > 1 else 0.0
+  pos = np.arange(size, dtype=np.float64) * step
+  lo = np.clip(np.floor(pos).astype(np.int64), 0, max(n - 2, 0))
+  hi = np.minimum(lo + 1, n - 1)
+  frac = (pos - lo).reshape([-1 if d == axis % a.ndim else 1 for d in range(a.ndim)])
+  x = a.astype(np.float64)
+  out = np.take(x, lo, axis=axis) * (1.0 - frac) + np.take(x, hi, axis=axis) * frac
+  return out.astype(a.dtype)
+
+
+def resample_grid(grid, shape, name=_POSEMB):
+  """`[h, w, D]` -> `[H, W, D]` by corner-aligned bilinear resampling (identity at equal size)."""
   if grid.shape[:2] == tuple(shape):
     return grid
-  logging.info('Resizing %s grid %s -> %s', name, grid.shape[:2], tuple(shape))
-  resized = jax.image.resize(grid, (*shape, grid.shape[-1]), method='bilinear')
-  return np.asarray(resized, grid.dtype)
+  logging.info('Resampling %s grid %s -> %s', name, grid.shape[:2], tuple(shape))
+  return resample_linear(resample_linear(grid, 0, shape[0]), 1, shape[1])
 
 
 def resize_posemb(posemb, target_shape, *, source_cls: bool, target_cls: bool,
@@ -130,8 +187,9 @@ def resize_posemb(posemb, target_shape, *, source_cls: bool, target_cls: bool,
     name: for error messages.
 
   Returns:
-    `[1, (1+) T'*H*W, D]`: spatial part resized bilinearly per time slice and tiled (T == 1) or
-    linearly resampled (T > 1) over time; CLS entry kept, zero-filled or dropped.
+    `[1, (1+) T'*H*W, D]`: spatial part resampled bilinearly per time slice (`resample_grid`)
+    and tiled (T == 1) or linearly resampled (T > 1) over time; CLS entry kept, zero-filled or
+    dropped.
   """
   d = posemb.shape[-1]
   if posemb.ndim != 3 or d != target_shape[-1]:
@@ -150,11 +208,11 @@ def resize_posemb(posemb, target_shape, *, source_cls: bool, target_cls: bool,
                      f'grid; model shape {tuple(target_shape)}')
   tt, th, tw = target_grid
   grid = grid.reshape(*source_grid, d)
-  grid = np.stack([_resize_grid(g, (th, tw), name) for g in grid])  # [T, H, W, D]
+  grid = np.stack([resample_grid(g, (th, tw), name) for g in grid])  # [T, H, W, D]
   if grid.shape[0] == 1:
     grid = np.repeat(grid, tt, axis=0)  # ViViT: the image embedding repeated for every slice.
   elif grid.shape[0] != tt:
-    grid = np.asarray(jax.image.resize(grid, (tt, th, tw, d), method='linear'), grid.dtype)
+    grid = resample_linear(grid, 0, tt)
   out = grid.reshape(1, tt * th * tw, d)
   if target_cls:
     cls = np.zeros((1, 1, d), posemb.dtype) if cls is None else cls
@@ -183,6 +241,10 @@ def map_params(params, src: Dict[str, np.ndarray], model_cfg: ModelConfig,
   """Returns `params` (the model's fresh init) with every mappable parameter taken from `src`."""
   target = flatten(jax.device_get(params))
   source_cls, target_cls = 'cls' in src, 'cls' in target
+  if source_cls and not target_cls:
+    logging.warning("The checkpoint's CLS token is dropped (config.model.classifier='gap'): the "
+                    'loaded blocks see one token fewer than in the source; '
+                    "classifier='token' keeps it (also with a TokenLearner).")
   out = {}
   for key, init in target.items():
     value = src.get(key)

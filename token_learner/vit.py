@@ -11,6 +11,10 @@ Placement (`config.model.tokenlearner`):
   `loc`, every later layer sees S (x T) tokens.
 - fuser=True, Fig. 3(b): layers [loc, num_layers) are TokenLearner -> block -> TokenFuser (or an
   alternative of §3.5.3) with the block's input grid as residual, so the grid is kept throughout.
+- A CLS token (classifier='token') is prepended before the position embedding is added (vit_jax)
+  and carried through every block; TokenLearners pool the patch grid only, the CLS token is put
+  back in front of the learned tokens, and the classifier reads it. So the blocks of a ViT
+  checkpoint loaded before the TokenLearner compute exactly what they computed in the source.
 """
 from typing import Any, Optional
 
@@ -19,7 +23,7 @@ import jax.numpy as jnp
 
 from token_learner import ablations
 from token_learner.model_config import ModelConfig
-from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11
+from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11, float32_attention
 
 Dtype = Any
 
@@ -45,6 +49,7 @@ class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block on `[B, N, C]`: x + MHSA(LN(x)); x + MLP(LN(x)).
 
   `droppath_rate` is stochastic depth: each residual branch is dropped for a whole example.
+  Attention logits and softmax run in float32 whatever `dtype` (`float32_attention`).
   """
   num_heads: int
   mlp_dim: int
@@ -60,7 +65,8 @@ class EncoderBlock(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
-        deterministic=not train, name='MultiHeadDotProductAttention_1')(y, y)
+        attention_fn=float32_attention, deterministic=not train,
+        name='MultiHeadDotProductAttention_1')(y, y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x = x + droppath(y, deterministic=not train)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
@@ -72,7 +78,8 @@ class Encoder(nn.Module):
   """Position embeddings, encoder blocks with TokenLearner placement, final LayerNorm.
 
   Call: `(x [B, N, C], grid_shape (T, H, W), *, train)` where N = T*H*W (+1 with a CLS token in
-  front). Returns `(x [B, N', C], aux)` with aux['attention_maps'] the TokenLearners' maps.
+  front: it stays in front, out of the TokenLearners' pooling). Returns `(x [B, N', C], aux)` with
+  aux['attention_maps'] the TokenLearners' maps.
   """
   config: ModelConfig
 
@@ -85,13 +92,18 @@ class Encoder(nn.Module):
 
     pools = dict(cfg.spatial_pooling)
     grid = tuple(grid_shape)
+    num_prefix = x.shape[1] - grid[0] * grid[1] * grid[2]  # The CLS token, kept out of pooling.
+    split = lambda seq: (seq[:, :num_prefix], seq[:, num_prefix:])
+    join = lambda prefix, seq: jnp.concatenate([prefix, seq], axis=1) if num_prefix else seq
     tl_grid = lambda g: g[1:] if g[0] == 1 else g  # Images: maps [B, S, H, W], not [B, 1, S, H, W].
     maps = []
     for lyr in range(cfg.num_layers + 1):
       if lyr in pools:
         x, grid = ablations.spatial_pool(x, grid, pools[lyr])
       if cfg.uses_tokenlearner and lyr == tl.loc and not tl.fuser:
+        prefix, x = split(x)
         x, m = self._token_learner(lyr)(x, tl_grid(grid), train=train)
+        x = join(prefix, x)
         maps.append(m)
       if lyr == cfg.num_layers:
         break
@@ -100,9 +112,11 @@ class Encoder(nn.Module):
           droppath_rate=cfg.stochastic_depth * lyr / max(cfg.num_layers - 1, 1), dtype=dtype,
           name=f'encoderblock_{lyr}')
       if cfg.uses_tokenlearner and tl.fuser and lyr >= tl.loc:
+        prefix, x = split(x)
         tokens, m = self._token_learner(lyr)(x, tl_grid(grid), train=train)
         maps.append(m)
-        x = self._fuse(lyr, block(tokens, train=train), x, m, tl_grid(grid), train)
+        prefix, tokens = split(block(join(prefix, tokens), train=train))
+        x = join(prefix, self._fuse(lyr, tokens, x, m, tl_grid(grid), train))
       else:
         x = block(x, train=train)
     x = nn.LayerNorm(dtype=dtype, name='encoder_norm')(x)

@@ -113,11 +113,18 @@ class ImageData(_Data):
   skip_corrupt: bool = False  # Drop undecodable images (scanned once) instead of failing.
   shuffle_buffer: int = 10_000  # TFDS: the seeded per-epoch shuffle of the record stream.
   per_process_split: bool = False  # TFDS / in-memory: each process reads its own part.
+  # TFDS: the dataset of eval_split when it is not `name`, e.g. 'imagenet2012_real' (its
+  # 'validation' split: ImageNet val with ReaL labels; the trainer then reports real_accuracy).
+  eval_name: Optional[str] = None
 
   def __post_init__(self):
     super().__post_init__()
     if self.name in VIDEO_NAMES:
       raise ValueError(f'{WHERE}.name={self.name!r} is a video dataset: use VideoData')
+    if self.eval_name is not None:
+      _check_type('eval_name', self.eval_name, str)
+      if self.source != 'tfds':
+        raise ValueError(f'{WHERE}.eval_name={self.eval_name!r} needs a TFDS {WHERE}.name')
     for field in ('skip_corrupt', 'per_process_split'):
       _check_type(field, getattr(self, field), bool)
     fields.check_int(f'{WHERE}.shuffle_buffer', self.shuffle_buffer, 1)
@@ -149,6 +156,9 @@ class VideoData(_Data):
   label_key: str = 'clip/label/index'  # ...and context feature of int64 label ids.
   tfds_name: Optional[str] = None  # TFDS video dataset; None: `name`.
   directions: int = 4  # moving_digits: 2 (right, left) or 4 directions.
+  # moving_digits: digits overlaid per video; > 1 is multi-label (labels = their set of
+  # (digit, direction) classes), needs multi_label=True.
+  digits_per_video: int = 1
 
   def __post_init__(self):
     if self.random_flip is None:
@@ -166,6 +176,10 @@ class VideoData(_Data):
     if self.eval_short_side is not None:
       fields.check_int(f'{WHERE}.eval_short_side', self.eval_short_side, 1)
     fields.check_choice(f'{WHERE}.directions', self.directions, (2, 4))
+    fields.check_int(f'{WHERE}.digits_per_video', self.digits_per_video, 1)
+    if self.digits_per_video > 1 and not (self.name == MOVING_DIGITS and self.multi_label):
+      raise ValueError(f'{WHERE}.digits_per_video={self.digits_per_video} needs '
+                       f"{WHERE}.name='moving_digits' and {WHERE}.multi_label=True")
     for field in ('file_pattern_train', 'file_pattern_eval'):
       fields.set_field(self, field, _check_type(field, getattr(self, field) or '', str))
     for field in ('frames_key', 'label_key', 'tfds_name'):

@@ -50,10 +50,13 @@ def render_moving_digit(scan, direction: int, offset: int, num_frames: int = _VI
 class MovingDigits:
   """The 'train' (1437 scans) or 'test' (360 scans) split, `directions` videos per scan.
 
-  Videos are rendered on demand (`video(i)`), deterministically.
+  Videos are rendered on demand (`video(i)`), deterministically. With `digits_per_video=k > 1`
+  (multi-label), video i shows its own digit (as with k = 1) plus k - 1 more digits of the same
+  split, each with a fixed random direction and offset, overlaid (pixel maximum); `labels(i)` is
+  the set of their (digit, direction) classes. k = 1 is the single-label dataset, unchanged.
   """
 
-  def __init__(self, split: str, directions: int = 4):
+  def __init__(self, split: str, directions: int = 4, digits_per_video: int = 1):
     if split not in ('train', 'test'):
       raise ValueError(f"moving_digits has splits 'train' and 'test', not {split!r}")
     self._scans, self._digits, _ = load_digit_scans(split)
@@ -61,14 +64,34 @@ class MovingDigits:
     rng = np.random.default_rng([FIXED_SPLIT_SEED, split == 'test'])
     self._offsets = rng.integers(0, _TRAVEL + 1, size=len(self._digits) * directions)
     self.num_classes = 10 * directions
+    self.digits_per_video = digits_per_video
+    if digits_per_video > 1:  # A separate stream: the k = 1 layouts above are unchanged.
+      extra = np.random.default_rng([FIXED_SPLIT_SEED, split == 'test', digits_per_video])
+      n, m = len(self._offsets), digits_per_video - 1
+      self._extra = (extra.integers(0, len(self._digits), size=(n, m)),
+                     extra.integers(0, directions, size=(n, m)),
+                     extra.integers(0, _TRAVEL + 1, size=(n, m)))
 
   def __len__(self):
     return len(self._offsets)
 
   def video(self, i):
     scan, direction = divmod(int(i), self.directions)
-    return render_moving_digit(self._scans[scan], direction, int(self._offsets[i]))
+    video = render_moving_digit(self._scans[scan], direction, int(self._offsets[i]))
+    if self.digits_per_video > 1:
+      for s, d, o in zip(*(e[int(i)] for e in self._extra)):
+        video = np.maximum(video, render_moving_digit(self._scans[s], int(d), int(o)))
+    return video
 
   def label(self, i):
     scan, direction = divmod(int(i), self.directions)
     return int(self._digits[scan]) * self.directions + direction
+
+  def labels(self, i):
+    """The sorted class ids of video i: `[label(i)]` for one digit per video."""
+    ids = {self.label(i)}
+    if self.digits_per_video > 1:
+      scans, dirs, _ = self._extra
+      ids.update(int(self._digits[s]) * self.directions + int(d)
+                 for s, d in zip(scans[int(i)], dirs[int(i)]))
+    return sorted(ids)

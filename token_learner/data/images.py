@@ -44,6 +44,7 @@ class _ImageSource(stream.Source):
   tiny: bool = False  # digits: no flip, no crop-and-rescale (see _train_image).
   # raw -> encoded image bytes; None when raw already is a float32 [h, w, 3] image in [0, 1].
   read_bytes: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
+  files: Optional[list] = None  # image_folder: the paths, in record order.
 
   def decode(self, raw) -> tf.Tensor:
     """The whole image: uint8 [h, w, 3], or float32 in [0, 1] for in-memory images."""
@@ -122,6 +123,10 @@ def _image_folder_classes(root: str, train_split: str) -> list:
   classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
   if not classes:
     raise ValueError(f'image_folder train split {base!r} has no class subfolders.')
+  for cls in classes:  # An empty folder would silently become a class no example has.
+    if not any(f.lower().endswith(_IMAGE_EXTENSIONS) for f in os.listdir(os.path.join(base, cls))):
+      raise ValueError(f'image_folder class folder {os.path.join(base, cls)!r} has no '
+                       f'{"/".join(_IMAGE_EXTENSIONS)} images; remove it or add its images.')
   return classes
 
 
@@ -153,20 +158,28 @@ def _image_folder_source(cfg: ImageData, split: str, field: str) -> _ImageSource
   paths = [paths[i] for i in order]
   return _ImageSource(
       description=f'image_folder {base!r}', num_examples=len(order), num_classes=len(classes),
-      read_bytes=tf.io.read_file,
+      read_bytes=tf.io.read_file, files=paths,
       lookup=_gather_lookup(paths, paths, np.asarray(labels, np.int32)[order]))
 
 
-def _tfds_builder(cfg: ImageData):
+def _tfds_builder(cfg: ImageData, field: str = 'train_split'):
+  """The builder of the TFDS dataset of split `field` (eval_split: `eval_name` if set)."""
+  use_eval_name = field == 'eval_split' and cfg.eval_name
+  name, where = (cfg.eval_name, 'eval_name') if use_eval_name else (cfg.name, 'name')
   try:
-    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
+    builder = tfds.builder(name, data_dir=cfg.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"config.dataset.name={cfg.name!r} is neither 'digits', 'image_folder' "
+    raise ValueError(f"config.dataset.{where}={name!r} is neither 'digits', 'image_folder' "
                      'nor a TFDS dataset.') from e
   features = builder.info.features
-  if 'image' not in features or 'label' not in features:
-    raise ValueError(f"TFDS dataset {cfg.name!r} has no 'image' and 'label' features.")
+  if 'image' not in features or _label_key(builder) not in features:
+    raise ValueError(f"TFDS dataset {name!r} has no 'image' and 'label' features.")
   return builder
+
+
+def _label_key(builder) -> str:
+  # imagenet2012_real calls ImageNet's label 'original_label' (its 'real_label' is the ReaL set).
+  return 'original_label' if 'real_label' in builder.info.features else 'label'
 
 
 def _tfds_read(builder, split) -> tf.data.Dataset:
@@ -192,11 +205,20 @@ def _tfds_count(builder, split) -> int:
 def _tfds_source(cfg: ImageData, builder, split) -> _ImageSource:
   # Built once, outside any traced function (the epoch streams capture it), and only read when
   # iterated.
+  key = _label_key(builder)
+  num_classes = builder.info.features[key].num_classes
+
+  def label(ex):
+    if 'real_label' not in ex:
+      return tf.cast(ex[key], tf.int32)
+    # ImageNet ReaL: (label, multi-hot [K] of the real labels; all zero for an empty set).
+    real = tf.one_hot(tf.cast(ex['real_label'], tf.int32), num_classes, dtype=tf.float32)
+    return tf.cast(ex[key], tf.int32), tf.minimum(tf.reduce_sum(real, axis=0), 1.0)
   ds = _tfds_read(builder, split).enumerate().map(
-      lambda i, ex: (i, ex['tfds_id'], ex['image'], tf.cast(ex['label'], tf.int32)))
+      lambda i, ex: (i, ex['tfds_id'], ex['image'], label(ex)))
   return _ImageSource(
       description=f'TFDS {cfg.name!r} split {split!r}', num_examples=_tfds_count(builder, split),
-      num_classes=builder.info.features['label'].num_classes, read_bytes=lambda data: data,
+      num_classes=num_classes, read_bytes=lambda data: data,
       records=lambda: ds, shuffle_buffer=cfg.shuffle_buffer)
 
 
@@ -218,7 +240,7 @@ def _source(cfg: ImageData, field: str, process_index=0, process_count=1) -> _Im
   else:
     if parts:
       split = _process_split(split, process_index, process_count)
-    return _tfds_source(cfg, _tfds_builder(cfg), split)
+    return _tfds_source(cfg, _tfds_builder(cfg, field), split)
   if parts:
     source.keep = np.array_split(np.arange(source.num_examples), process_count)[process_index]
   return source
@@ -266,6 +288,29 @@ def _corrupt_error(source: _ImageSource, bad) -> ValueError:
   return ValueError(f'Corrupt or unreadable image in {source.description}: {where} (record '
                     f'{index}){more}: {error or "unreadable record"}. Set '
                     'config.dataset.skip_corrupt=True to skip such images.')
+
+
+# Signature at the start and what a complete file ends with (None: no end marker checked).
+_FORMATS = ((b'\x89PNG\r\n\x1a\n', b'IEND\xaeB`\x82'), (b'\xff\xd8\xff', None),
+            (b'GIF8', None), (b'BM', None))
+
+
+def _check_headers(source: _ImageSource):
+  """Reads the first and last bytes of each file: a ValueError names the first that is
+  unreadable, empty, not an image or a truncated PNG. Cheap (no decode), so the eval split is
+  checked before training instead of at the first evaluation."""
+  for index, path in enumerate(source.files or ()):
+    try:
+      with open(path, 'rb') as f:
+        head = f.read(16)
+        f.seek(max(0, os.path.getsize(path) - 16))
+        tail = f.read(16)
+    except OSError as e:
+      raise _corrupt_error(source, [(index, path, f'unreadable: {e.strerror}')]) from None
+    ok = any(head.startswith(magic) and (end is None or tail.rstrip(b'\0').endswith(end))
+             for magic, end in _FORMATS)
+    if not ok:
+      raise _corrupt_error(source, [(index, path, 'empty, truncated or not a PNG / JPEG')])
 
 
 def _checks(source: _ImageSource):
@@ -320,7 +365,10 @@ def _processor(source: _ImageSource, cfg: ImageData, augment_seed: Optional[int]
       image = _eval_image(source.decode(raw), cfg, source.tiny)
     else:
       image = _train_image(source, raw, stream.augment_seed(augment_seed, q), cfg)
-    return {'inputs': stream.normalise(image, cfg.mean, cfg.std), 'labels': label}
+    out = {'inputs': stream.normalise(image, cfg.mean, cfg.std)}
+    if isinstance(label, tuple):  # ImageNet ReaL (see _tfds_source).
+      label, out['real_labels'] = label
+    return {**out, 'labels': label}
   return process
 
 
@@ -348,7 +396,11 @@ def eval_input(cfg: ImageData, *, global_batch: int, local_batch: int, process_i
                process_count: int):
   """The eval split once per pass: {'inputs', 'labels', 'mask'} (see token_learner.data)."""
   source = _source(cfg, 'eval_split', process_index, process_count)
-  num_skipped = _drop_corrupt(source) if cfg.skip_corrupt else 0
+  if cfg.skip_corrupt:
+    num_skipped = _drop_corrupt(source)
+  else:
+    num_skipped = 0
+    _check_headers(source)
   row_block, num_batches = process_index, None
   if cfg.per_process_split and process_count > 1:
     # Each process has its own part; the longest part sets everyone's batch count.
@@ -367,7 +419,7 @@ def _part_sizes(cfg: ImageData, process_count) -> list:
   if cfg.source != 'tfds':
     n = _source(cfg, 'eval_split').num_examples
     return [len(p) for p in np.array_split(np.arange(n), process_count)]
-  builder = _tfds_builder(cfg)
+  builder = _tfds_builder(cfg, 'eval_split')
   return [_tfds_count(builder, _process_split(cfg.eval_split, p, process_count))
           for p in range(process_count)]
 
@@ -385,6 +437,6 @@ def dataset_info(cfg: ImageData) -> DatasetInfo:
     builder = _tfds_builder(cfg)
     num_classes = builder.info.features['label'].num_classes
     num_train = _tfds_count(builder, cfg.train_split)
-    num_eval = _tfds_count(builder, cfg.eval_split)
+    num_eval = _tfds_count(_tfds_builder(cfg, 'eval_split'), cfg.eval_split)
   return DatasetInfo(num_classes=num_classes, num_train=num_train, num_eval=num_eval,
                      example_shape=cfg.example_shape)

@@ -4,7 +4,7 @@ Eval examples are whole videos, each with V = eval_clips * eval_crops views (the
 views of Tables 8, 9): eval_clips clips spread uniformly over the video, times 1 centre crop or 3
 crops along the longer side, so eval inputs are [L, V, T, H, W, 3]. A batch holds whole videos,
 so a video's views are never split between processes; average them with
-`token_learner.metrics.average_views` before any metric. Training takes one clip per video: a
+`token_learner.train.losses.average_views` before any metric. Training takes one clip per video: a
 random start, an Inception crop shared by all frames (scale jitter) and an optional flip.
 
 Sources (`config.dataset.name`), all random access (a permutation per epoch):
@@ -57,11 +57,12 @@ def _random_access(description: str, size: int, num_classes: int, kind: str,
 
 
 def _moving_digits_source(cfg: VideoData, split: str) -> _VideoSource:
-  data = digits.MovingDigits(split, directions=cfg.directions)
+  data = digits.MovingDigits(split, directions=cfg.directions,
+                             digits_per_video=cfg.digits_per_video)
   return _random_access(
       f'moving_digits {split!r}', len(data), data.num_classes, 'frames',
       lambda i: (f'moving_digits {split} video {i}', data.video(i),
-                 np.array([data.label(i)], np.int64)))
+                 np.array(data.labels(i), np.int64)))
 
 
 def _tfds_source(cfg: VideoData, split: str) -> _VideoSource:

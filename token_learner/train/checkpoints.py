@@ -1,21 +1,36 @@
 """The checkpoint folder layout, and the only code that reads or writes it (orbax).
 
     WORKDIR/checkpoints/<step>/default/...   one folder per saved step (StandardSave of the state)
-    WORKDIR/checkpoints/<step>.corrupt.<t>   an unreadable step, moved aside on restore
+    WORKDIR/checkpoints/<step>/_CHECKPOINT_METADATA   orbax's step metadata; its custom part holds
+        `digest` (per-array digests of the saved state), `config` (the run's config) and the
+        `run` facts the trainer needs to resume its reports (train metrics, wall time)
+    WORKDIR/checkpoints/<step>.corrupt.<t>   an unreadable or corrupt step, moved aside on restore
 
-The trainer saves and resumes through `manager` / `restore_latest`; the pretrained loader reads
-the parameters of any of these folders through `restore_params`.
+The trainer checks the folder is writable before anything is compiled (`check_writable`), saves
+and resumes through `manager` / `save` / `restore_latest` (which verifies every restored array
+against its digest and refuses a changed config, `check_config`); the pretrained loader reads the
+parameters of any of these folders through `restore_params`.
 """
+import errno
+import functools
+import json
 import os
+import sys
 import time
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from token_learner import fields
 
 CHECKPOINTS = 'checkpoints'
 _ITEM = 'default'
+_STEP_METADATA = '_CHECKPOINT_METADATA'  # orbax's step metadata file, with our custom part.
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -26,29 +41,180 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                                options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state):
-  mngr.save(step, args=ocp.args.StandardSave(state))
+# Config fields that may change between the runs of one workdir without changing what is trained
+# (reporting and checkpoint cadence); any other change needs `allow` in check_config.
+SAFE_TO_CHANGE = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+                  'keep_checkpoints', 'profile_steps', 'eval_batch_size')
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
-  """Restores the newest readable checkpoint into the shardings of `abstract_state`.
+class ConfigChangedError(fields.ConfigError):
+  """The config differs from the one the workdir's checkpoints were trained with."""
 
-  Unreadable newer checkpoints (a step directory missing files, or with garbage) are skipped
-  with a warning and moved aside as `<step>.corrupt.<time>`, so the run continues from the
-  previous one. If checkpoints exist but none is readable (e.g. the config changed the model)
-  this raises instead of silently starting over.
+
+class CorruptCheckpointError(RuntimeError):
+  """No checkpoint of the workdir can be restored intact."""
+
+
+def check_writable(workdir: str, needed_bytes: int = 0):
+  """Raises OSError naming the folder unless WORKDIR/checkpoints is (or can be made) a writable
+  directory with room for about `needed_bytes`: found before compiling, not at the first save."""
+  path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  probe = os.path.join(path, f'.write_probe.{jax.process_index()}.{os.getpid()}')
+  try:
+    os.makedirs(path, exist_ok=True)
+    with open(probe, 'wb') as f:
+      f.write(b'\0' * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+    stats = os.statvfs(path)
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed_bytes:
+      raise OSError(errno.ENOSPC, f'{free / 2**20:.1f} MiB free, a checkpoint needs about '
+                    f'{needed_bytes / 2**20:.1f} MiB')
+  except OSError as e:
+    raise OSError(e.errno, f'Cannot write checkpoints to {path}: '
+                  f'{e.strerror or e}') from None
+
+
+def _leaf_digest(x):
+  """Two uint32 sums of a position-mixed hash of the array's bits: any changed byte changes them
+  (but for 2^-64), and integer sums do not depend on the order, so on the sharding."""
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  index = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape)
+  h = bits * jnp.uint32(0x9E3779B1) + index * jnp.uint32(0x85EBCA77) + jnp.uint32(1)
+  h = (h ^ (h >> 15)) * jnp.uint32(0x2C1B3C6D)
+  h = h ^ (h >> 12)
+  g = (h ^ index) * jnp.uint32(0x27D4EB2F)
+  finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else True
+  return jnp.stack([jnp.sum(h), jnp.sum(g ^ (g >> 13))]), jnp.asarray(finite)
+
+
+@jax.jit
+def _device_digests(leaves):
+  return [_leaf_digest(x) for x in leaves]
+
+
+def digest(state) -> Dict[str, Any]:
+  """{'arrays': {path: hex digest}, 'non_finite': [paths]} of a (sharded) state."""
+  paths_leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  results = jax.device_get(_device_digests([leaf for _, leaf in paths_leaves]))
+  arrays, non_finite = {}, []
+  for (path, _), (sums, finite) in zip(paths_leaves, results):
+    name = jax.tree_util.keystr(path)
+    arrays[name] = '%08x%08x' % tuple(int(v) for v in np.asarray(sums))
+    if not bool(finite):
+      non_finite.append(name)
+  return {'arrays': arrays, 'non_finite': non_finite}
+
+
+def _jsonable(tree):
+  return json.loads(json.dumps(tree, default=str))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, *,
+         config: Optional[Mapping[str, Any]] = None, run: Optional[Mapping[str, Any]] = None):
+  """Saves `state` at `step` asynchronously, with its digest, the config and the `run` facts.
+
+  An error of the previous asynchronous save is raised here, not lost in its thread.
+  """
+  check_errors(mngr)
+  metadata = {'digest': digest(state)['arrays'], 'config': _jsonable(config or {}),
+              'run': _jsonable(run or {})}
+  try:  # Waits for the previous save first, raising its error.
+    mngr.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
+  except Exception as e:  # pylint: disable=broad-except
+    raise OSError(f'Saving a checkpoint to {mngr.directory} failed: '
+                  f'{str(e).strip().splitlines()[0][:500]}') from e
+
+
+def check_errors(mngr: ocp.CheckpointManager, step: Optional[int] = None):
+  """Raises OSError if the asynchronous save of `step` (the last one started) failed.
+
+  Called after every train step: orbax's finalize thread logs a failed write and drops the
+  step, so without this a full disk is found only by the next save.
+  """
+  try:
+    mngr.check_for_errors()
+  except Exception as e:  # pylint: disable=broad-except
+    raise OSError(f'Saving a checkpoint to {mngr.directory} failed: {e}') from e
+  if (step is not None and jax.process_index() == 0 and not mngr.is_saving_in_progress()
+      and not os.path.isdir(os.path.join(os.fspath(mngr.directory), str(step)))):
+    raise OSError(f'Saving the checkpoint of step {step} to {mngr.directory} failed (the '
+                  'error is logged above); is the disk full?')
+
+
+def close(mngr: ocp.CheckpointManager):
+  """Waits for the pending save and closes `mngr`; after an exception, a failed save is only
+  logged, so the original error is the one raised."""
+  failing = sys.exc_info()[0] is not None  # Called from a `finally` of a failing block.
+  try:
+    mngr.close()
+  except Exception as e:  # pylint: disable=broad-except
+    if not failing:
+      raise
+    logging.error('Closing the checkpoint manager failed: %s', e)
+
+
+def step_metadata(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
+  """The custom metadata `save` stored with `step` ({} for checkpoints written before it)."""
+  path = os.path.join(os.fspath(mngr.directory), str(step), _STEP_METADATA)
+  try:
+    with open(path) as f:
+      return dict(json.load(f).get('custom_metadata') or {})
+  except (OSError, ValueError, AttributeError):  # Missing, torn or not a JSON object.
+    return {}
+
+
+def _verify(state, metadata: Mapping[str, Any]):
+  """Raises CorruptCheckpointError unless every array matches its stored digest and is finite."""
+  found = digest(state)
+  stored = metadata.get('digest')
+  if stored:
+    bad = [k for k, v in found['arrays'].items() if stored.get(k) != v]
+    if bad or set(stored) != set(found['arrays']):
+      raise CorruptCheckpointError(f'{len(bad)} array(s) differ from their digest at save '
+                                   f'time, e.g. {(bad or sorted(stored))[0]}')
+  if found['non_finite']:
+    raise CorruptCheckpointError(f'non-finite values in {found["non_finite"][0]}')
+  if not stored:
+    logging.warning('Checkpoint has no digest (written before digests); only checked finite.')
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
+                   config: Optional[Mapping[str, Any]] = None, allow: Sequence[str] = ()):
+  """Restores the newest intact checkpoint into the shardings of `abstract_state`.
+
+  A newer checkpoint that cannot be read (files missing or truncated), or whose arrays differ
+  from the digests stored when it was saved (bytes overwritten), or holds non-finite values, is
+  skipped with a warning and moved aside as `<step>.corrupt.<time>`, so the run continues from
+  the previous one. If checkpoints exist but none is intact (or none fits the config) this
+  raises instead of silently starting over.
+
+  `config` is first compared with the config saved with the newest checkpoint (check_config).
 
   Returns:
-    (state or None, manager): the manager is re-created if directories were moved.
+    (state or None, manager, metadata): the manager is re-created if directories were moved;
+    metadata is what `save` stored with the restored step ({} if none).
   """
   steps = sorted(mngr.all_steps(), reverse=True)
+  if config is not None:
+    saved = next((m['config'] for m in map(functools.partial(step_metadata, mngr), steps)
+                  if m.get('config')), None)
+    check_config(saved, config, allow)
   failures = []
   for step in steps:
+    metadata = step_metadata(mngr, step)
     try:
       state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      _verify(state, metadata)
     except Exception as e:  # pylint: disable=broad-except  # Any read error means unusable.
-      logging.warning('Checkpoint at step %d is unreadable, trying the previous one: %s', step,
-                      e)
+      logging.warning('Checkpoint at step %d is unreadable or corrupt, trying the previous '
+                      'one: %s', step, e)
       failures.append((step, e))
       continue
     if failures:
@@ -60,13 +226,42 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
                      os.path.join(directory, f'{bad_step}.corrupt.{int(time.time())}'))
       multihost_utils.sync_global_devices('checkpoints:corrupt_moved')
       mngr = ocp.CheckpointManager(directory, options=mngr._options)  # pylint: disable=protected-access
-    logging.info('Restored checkpoint at step %d.', step)
-    return state, mngr
+    logging.info('Restored checkpoint at step %d (verified against its digest).', step)
+    return state, mngr, metadata
   if failures:
-    raise RuntimeError(f'None of the checkpoints {steps} in {mngr.directory} can be restored '
-                       f'into this config (last error: {failures[-1][1]}). Use a new workdir or '
-                       'remove the checkpoints.')
-  return None, mngr
+    raise CorruptCheckpointError(
+        f'None of the checkpoints {steps} in {mngr.directory} can be restored intact into this '
+        f'config (last error: {failures[-1][1]}). Use a new workdir or remove the checkpoints.')
+  return None, mngr, {}
+
+
+def _flat(tree, prefix='config') -> Dict[str, Any]:
+  if not isinstance(tree, Mapping):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f'{prefix}.{key}'))
+  return out
+
+
+def check_config(saved: Mapping[str, Any], config: Mapping[str, Any],
+                 allow: Sequence[str] = ()):
+  """Raises ConfigChangedError listing every field of `config` that differs from `saved` (the
+  config stored with the restored checkpoint) other than SAFE_TO_CHANGE and `allow` (names like
+  'num_train_steps' or 'config.model.dropout_rate')."""
+  if not saved:
+    return
+  old, new = _flat(_jsonable(saved)), _flat(_jsonable(config))
+  allowed = {a if a.startswith('config.') else f'config.{a}' for a in (*SAFE_TO_CHANGE, *allow)}
+  changed = sorted(k for k in set(old) | set(new)
+                   if old.get(k, '<unset>') != new.get(k, '<unset>') and k not in allowed)
+  if changed:
+    details = ', '.join(f'{k}: {old.get(k, "<unset>")!r} -> {new.get(k, "<unset>")!r}'
+                        for k in changed)
+    raise ConfigChangedError(
+        f'The config differs from the one the checkpoints in this workdir were trained with: '
+        f'{details}. Use a new workdir, or pass --allow_config_change={",".join(changed)} if the '
+        'change is intended.')
 
 
 def item_dir(path: str) -> str:

@@ -32,13 +32,18 @@ class TrainConfig:
   learning_rate: float = 1e-3
   lr_schedule: str = 'cosine'  # 'cosine' | 'linear' decay after linear warmup
   warmup_steps: int = 0
-  weight_decay: float = 0.0  # decoupled for adamw, L2 otherwise; matrices only
+  weight_decay: float = 0.0  # decoupled for adamw, L2 otherwise; see weight_decay_regex
+  # Parameters (paths joined by '/') that weight decay applies to: kernels only (big_vision's
+  # convention: no decay on biases, LayerNorm scales, position embeddings or the CLS token).
+  weight_decay_regex: str = r'(^|/)kernel$'
   grad_clip_norm: float = 0.0  # 0: no clipping
   label_smoothing: float = 0.0
   mixup_alpha: float = 0.0  # 0: no mixup
   grad_accum_steps: int = 1
   loss: str = 'softmax_xent'  # 'softmax_xent' | 'sigmoid_xent' (multi-label, mAP)
   eval_average: str = 'logits'  # how a video's eval views are merged: 'logits' | 'probs'
+  # Single-label data: also report the mean of the per-class top-1 accuracies (AViD, Table 11).
+  mean_per_class_accuracy: bool = False
   log_every_steps: int = 50
   eval_every_steps: int = 0  # 0: only at the end
   checkpoint_every_steps: int = 0  # 0: only at the end
@@ -69,6 +74,13 @@ class TrainConfig:
     fields.check_int('config.grad_accum_steps', self.grad_accum_steps, 1)
     fields.check_choice('config.loss', self.loss, LOSSES)
     fields.check_choice('config.eval_average', self.eval_average, VIEW_AVERAGES)
+    try:
+      re.compile(self.weight_decay_regex)
+    except (re.error, TypeError) as e:
+      raise ValueError(f'config.weight_decay_regex={self.weight_decay_regex!r}: {e}') from None
+    if self.mean_per_class_accuracy and self.multi_label:
+      raise ValueError('config.mean_per_class_accuracy needs single-label data, not '
+                       f'config.loss={self.loss!r}')
     fields.check_int('config.log_every_steps', self.log_every_steps, 1)
     for name in ('eval_every_steps', 'checkpoint_every_steps', 'profile_steps'):
       fields.check_int(f'config.{name}', getattr(self, name))

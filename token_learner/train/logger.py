@@ -44,8 +44,10 @@ class TrainLogger:
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
     for name in ('loss', 'grad_norm'):
       if not math.isfinite(values[name]):
-        raise FloatingPointError(f'Training {name} is {values[name]} at step {step}; stopping. '
-                                 'The last checkpoint before it is left intact.')
+        raise FloatingPointError(
+            f'Training {name} is {values[name]} at step {step}; stopping. Checkpoints are saved '
+            'only after their step passed this check, so every one precedes this step; a '
+            'restart restores the newest after verifying it against its digest.')
     if self._window_start[1] is None:
       self._window_start = (self._window_start[0], step - 1)
     self._window.append(values)
@@ -67,6 +69,41 @@ class TrainLogger:
     self.last = scalars
     self._window = []
     self._window_start = (now, step)
+
+
+class ResumedWriter:
+  """A metric writer that skips scalars of steps already in the workdir's event files.
+
+  A resumed run repeats the steps between its checkpoint and the kill; their scalars (and any
+  the killed run never flushed, which this then writes) appear once per tag across restarts.
+  """
+
+  def __init__(self, writer, workdir: str):
+    self._writer = writer
+    self._last_step = _logged_steps(workdir) if jax.process_index() == 0 else {}
+
+  def write_scalars(self, step: int, scalars):
+    new = {k: v for k, v in scalars.items() if step > self._last_step.get(k, -1)}
+    if new:
+      self._writer.write_scalars(step, new)
+
+  def __getattr__(self, name):
+    return getattr(self._writer, name)
+
+
+def _logged_steps(workdir: str) -> Dict[str, int]:
+  """{tag: last step} over the TensorBoard event files of `workdir` (a torn record at the end of
+  a killed run's file ends its reading)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # Only to read event files.
+  last = {}
+  for path in tf.io.gfile.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(path):
+        for value in event.summary.value:
+          last[value.tag] = max(last.get(value.tag, -1), event.step)
+    except tf.errors.DataLossError:
+      pass
+  return last
 
 
 def log_setup(experiment, cfg, mesh, info, state, gflops: float, num_params: int):

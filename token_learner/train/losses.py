@@ -5,9 +5,12 @@
 - `mixup`; `ClassificationMetrics`, the clu collection of eval loss, top-1 and top-5 accuracy.
 - `average_views`: a video's clips x crops views (Tables 8, 9: "4x3 = 12" views) merged into one
   prediction before any metric, jax or numpy.
-- `mean_average_precision`: Charades "v1 classification" mAP (Table 10), numpy, over the whole
-  eval set; `MultiLabelAccumulator` gathers the per-batch scores for it.
+- `mean_average_precision`: Charades "v1 classification" mAP (Table 10) exactly as the official
+  devkit computes it, numpy, over the whole eval set; `MultiLabelAccumulator` gathers the
+  per-batch scores for it (and, for single-label data, for `mean_per_class_accuracy`).
 - `mean_per_class_accuracy`: AViD's "mean accuracy averaged over 887 classes" (Table 11), numpy.
+- `RealAccuracy`: ImageNet ReaL top-1 (Beyer et al. 2020; §3.2): correct when the top class is
+  in the image's set of real labels, images with an empty set skipped.
 """
 from typing import Optional
 
@@ -99,12 +102,36 @@ class Top5Accuracy(metrics.Average):
     return cls(**vars(metrics.Average.from_model_output(hit.astype(jnp.float32), mask=mask)))
 
 
+def real_hits(logits, real_labels):
+  """ImageNet ReaL: `([B] hit, [B] valid)`; hit where the top class is one of the image's real
+  labels (`real_labels` `[B, K]` multi-hot), valid where the image has any real label."""
+  top = jnp.argmax(logits, axis=-1)
+  hit = jnp.take_along_axis(real_labels, top[:, None], axis=-1)[:, 0] > 0
+  return hit.astype(jnp.float32), real_labels.max(axis=-1) > 0
+
+
+@flax.struct.dataclass
+class RealAccuracy(metrics.Average):
+  """ReaL top-1 accuracy over the unmasked images with a non-empty real-label set (count 0, and
+  left out of the results by `eval_results`, when the batches carry no 'real_labels')."""
+
+  @classmethod
+  def from_model_output(cls, *, logits, real_labels=None, mask=None, **_):
+    if real_labels is None:
+      return cls(total=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.int32))
+    hit, valid = real_hits(logits, real_labels)
+    valid = valid if mask is None else valid & (mask > 0)
+    return cls(**vars(metrics.Average.from_model_output(hit, mask=valid)))
+
+
 @flax.struct.dataclass
 class ClassificationMetrics(metrics.Collection):
-  """Eval metrics of every task: mean loss, top-1 and top-5 accuracy over unmasked examples."""
+  """Eval metrics of every task: mean loss, top-1 and top-5 accuracy over unmasked examples, and
+  ReaL accuracy when the batches carry 'real_labels' (read the results with `eval_results`)."""
   loss: MeanLoss
   accuracy: Top1Accuracy
   top5_accuracy: Top5Accuracy
+  real_accuracy: RealAccuracy
 
 
 def average_views(logits, how: str = 'logits', multi_label: bool = False):
@@ -169,7 +196,10 @@ def _unmasked(mask, *arrays):
 
 def mean_average_precision(scores, targets, mask=None) -> float:
   """Charades v1 classification mAP: per-class AP over the eval set, averaged over classes with
-  at least one positive (Table 10; the devkit's `mAP`, NaN classes skipped).
+  at least one positive (Table 10), as the official devkit (`Charades_v1_classify`, its python
+  `charades_map`): the scores of a video without any positive label are set to -inf, so it ranks
+  below every labelled video in every class (it can never push a positive down), and classes
+  without positives are skipped (NaN AP, left out of the mean).
 
   Args:
     scores: `[N, K]` one score per video and class (view-averaged, see `average_views`).
@@ -182,6 +212,7 @@ def mean_average_precision(scores, targets, mask=None) -> float:
   scores, targets = _unmasked(mask, scores, targets)
   if scores.shape != targets.shape or scores.ndim != 2:
     raise ValueError(f'scores {scores.shape} and targets {targets.shape} must both be [N, K]')
+  scores = np.where((targets > 0).any(axis=1, keepdims=True), scores.astype(np.float64), -np.inf)
   aps = np.array([average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
   return float(np.nanmean(aps)) if np.isfinite(aps).any() else float('nan')
 
@@ -205,7 +236,8 @@ def mean_per_class_accuracy(predictions, labels, num_classes: int, mask=None) ->
 class MultiLabelAccumulator:
   """Collects `[B, K]` scores and targets batch by batch (masked rows dropped), then `.result()`
   is the mAP over everything seen. mAP ranks across the whole set, so it cannot be averaged over
-  batches like accuracy."""
+  batches like accuracy. With integer `[B]` labels (single-label data) `.results(num_classes)`
+  is the mean per-class accuracy instead."""
 
   def __init__(self):
     self._scores, self._targets = [], []
@@ -223,3 +255,20 @@ class MultiLabelAccumulator:
     if not self._scores:
       return float('nan')
     return mean_average_precision(np.concatenate(self._scores), np.concatenate(self._targets))
+
+  def results(self) -> dict:
+    """{'map': ...} for multi-hot targets, {'mean_per_class_accuracy': ...} for integer labels."""
+    if not self._scores:
+      return {}
+    scores, targets = np.concatenate(self._scores), np.concatenate(self._targets)
+    if targets.ndim == 2:
+      return {'map': mean_average_precision(scores, targets)}
+    return {'mean_per_class_accuracy': mean_per_class_accuracy(
+        scores.argmax(-1), targets.astype(np.int64), scores.shape[-1])}
+
+
+def eval_results(eval_metrics: ClassificationMetrics) -> dict:
+  """{name: float} of the metrics; real_accuracy only where some image had real labels."""
+  names = [n for n in ClassificationMetrics.__annotations__
+           if n != 'real_accuracy' or int(eval_metrics.real_accuracy.count)]
+  return {n: float(getattr(eval_metrics, n).compute()) for n in names}

@@ -1,4 +1,6 @@
 """Learning-rate schedule and optimizer of a `TrainConfig` (optax)."""
+import re
+
 import jax
 import optax
 
@@ -18,21 +20,26 @@ def learning_rate_fn(cfg: TrainConfig) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
-def _decay_mask(params):
-  # Weight decay on matrices / kernels only, not on biases, norm scales or embeddings' biases.
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+def decay_mask(params, regex: str = r'(^|/)kernel$'):
+  """True for the parameters whose '/'-joined path matches `regex` (config.weight_decay_regex;
+  by default kernels only: not biases, LayerNorm scales, position embeddings or the CLS token)."""
+  pattern = re.compile(regex)
+  path_str = lambda path: '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+  return jax.tree_util.tree_map_with_path(lambda path, _: bool(pattern.search(path_str(path))),
+                                          params)
 
 
 def create_optimizer(cfg: TrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
   """Clipping + adamw / adam / momentum / sgd. For adam/momentum/sgd weight decay is L2."""
   parts = []
+  mask = lambda params: decay_mask(params, cfg.weight_decay_regex)
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   if cfg.optimizer == 'adamw':
-    parts.append(optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask))
+    parts.append(optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask))
   else:
     if cfg.weight_decay > 0:
-      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
     parts.append({
         'adam': lambda: optax.adam(schedule),
         'momentum': lambda: optax.sgd(schedule, momentum=cfg.momentum),

@@ -111,7 +111,14 @@ def to_host(arrays):
 
 def like(host_tree, arrays):
   """`host_tree` (numpy, same structure) placed like `arrays` (shapes, dtypes, shardings)."""
+  return place(host_tree, jax.tree.map(lambda a: a.sharding, arrays), arrays)
+
+
+def place(host_tree, shardings, like_tree=None):
+  """`host_tree` (numpy, the same on every process) as global arrays with `shardings`; with the
+  shapes and dtypes of `like_tree` (arrays or ShapeDtypeStructs) when given."""
+  like_tree = host_tree if like_tree is None else like_tree
   return jax.tree.map(
-      lambda x, old: jax.make_array_from_callback(
-          old.shape, old.sharding, lambda index, x=x: np.asarray(x, old.dtype)[index]),
-      host_tree, arrays)
+      lambda x, s, ref: jax.make_array_from_callback(
+          ref.shape, s, lambda index, x=x: np.asarray(x, ref.dtype)[index]),
+      host_tree, shardings, like_tree)

@@ -1,0 +1,52 @@
+r"""Writes videos as the sharded TFRecords the video reader trains on (`config.dataset.name='dmvr'`).
+
+  python prepare_video_data.py --videos=/data/clips --out=/data/clips_tfr/train --fps=12 \
+      --short_side=256 --shards=16
+  python prepare_video_data.py --videos=/data/test.csv --out=/data/clips_tfr/test \
+      --classes=/data/clips_tfr/train.classes.txt
+
+--videos is a folder of `<class>/` subfolders (video files or folders of frames) or a CSV of
+`path,label[,label...]` lines (multi-label allowed). The class list is written next to the shards
+(`OUT.classes.txt`); pass the train split's list with --classes for the other splits so ids agree.
+Re-running the same command resumes: complete shards are kept. Then train with e.g.
+
+  python main.py --config=configs/kinetics400_tokenlearner.py --workdir=/tmp/run \
+      --config.dataset.file_pattern_train='/data/clips_tfr/train-*' \
+      --config.dataset.file_pattern_eval='/data/clips_tfr/test-*' --config.model.num_classes=K
+"""
+from absl import app
+from absl import flags
+
+from token_learner.data import prepare
+
+flags.DEFINE_string('videos', None, 'Folder of <class>/ subfolders, or a CSV path,label[,...].')
+flags.DEFINE_string('out', None, 'Output prefix: OUT-00000-of-0000N.tfrecord, OUT.classes.txt.')
+flags.DEFINE_float('fps', None, 'Resample video files to this frame rate (default: as stored).')
+flags.DEFINE_integer('short_side', None, 'Resize frames so the short side has this many pixels.')
+flags.DEFINE_integer('shards', 1, 'Number of output files.')
+flags.DEFINE_integer('quality', 90, 'JPEG quality of the stored frames.')
+flags.DEFINE_string('classes', None, 'Class list to use (one name a line), e.g. the train one.')
+flags.DEFINE_bool('skip_unreadable', False, 'Skip (and count) videos that cannot be decoded '
+                  'instead of stopping with an error naming them.')
+flags.mark_flags_as_required(['videos', 'out'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  examples = prepare.list_examples(FLAGS.videos)
+  classes = None
+  if FLAGS.classes:
+    with open(FLAGS.classes) as f:
+      classes = [line.strip() for line in f if line.strip()]
+  stats = prepare.write_shards(
+      examples, FLAGS.out, num_shards=FLAGS.shards, fps=FLAGS.fps, short_side=FLAGS.short_side,
+      skip_unreadable=FLAGS.skip_unreadable, classes=classes, quality=FLAGS.quality)
+  print(f"{stats['written']} videos written, {stats['skipped']} unreadable skipped, "
+        f"{stats['shards_done']} shards already complete, {stats['classes']} classes "
+        f'({FLAGS.out}.classes.txt)')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,208 @@
+"""The §6 bottleneck model: Eq. 3, chunking, the (2+1)D pair, the module variants, FLOPs, configs.
+
+Tiny sizes only; the paper's sizes are only lowered (module FLOPs, config FLOPs), never run.
+"""
+import dataclasses
+import importlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from token_learner import bottleneck as bnk
+from token_learner import experiment
+from token_learner import flops
+from token_learner.model_config import BottleneckConfig, ModelConfig
+from token_learner.models import build_model
+
+TINY = dict(stem_width=8, widths=(8, 8, 16, 16), depths=(1, 1, 1, 2), expansion=2.0,
+            conv5_width=16, head_width=16, strides=(2, 1, 2, 1, 1), num_tokens=4, num_heads=4,
+            fuser_mlp_dim=8)
+
+
+def numpy_vector_attention(q, k, v):
+  """Eq. 3 by the letter: y_i = sum_j softmax_j(q_i * k_j) * v_j, per channel, loops over i."""
+  b, n, d = q.shape
+  y = np.zeros((b, n, d))
+  for bi in range(b):
+    for i in range(n):
+      logits = q[bi, i][None, :] * k[bi]  # [N_j, d]
+      e = np.exp(logits - logits.max(axis=0, keepdims=True))
+      w = e / e.sum(axis=0, keepdims=True)  # softmax over j, separately for each channel
+      y[bi, i] = (w * v[bi]).sum(axis=0)
+  return y
+
+
+def test_vector_attention_is_eq3():
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 7, 5)) for _ in range(3))
+  got = bnk.vector_attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)))
+  np.testing.assert_allclose(np.asarray(got), numpy_vector_attention(q, k, v), atol=1e-5)
+
+
+def test_vector_transformer_module_matches_numpy():
+  rng = np.random.default_rng(1)
+  z = jnp.asarray(rng.normal(size=(2, 6, 8)), jnp.float32)
+  vt = bnk.VectorTransformer()
+  params = vt.init(jax.random.key(0), z)['params']
+  y = np.asarray(vt.apply({'params': params}, z))
+  zn = np.asarray(nn.LayerNorm().apply({'params': params['LayerNorm_0']}, z))
+  proj = {n: zn @ np.asarray(params[n]['kernel']) + np.asarray(params[n]['bias'])
+          for n in ('query', 'key', 'value')}
+  want = np.asarray(z) + numpy_vector_attention(proj['query'], proj['key'], proj['value'])
+  np.testing.assert_allclose(y, want, atol=1e-5)
+
+
+@pytest.mark.parametrize('chunk', [1, 4, 5, 16])
+def test_chunked_equals_unchunked(chunk):
+  rng = np.random.default_rng(2)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 10, 6)), jnp.float32) for _ in range(3))
+  full = bnk.vector_attention(q, k, v)
+  np.testing.assert_allclose(bnk.vector_attention(q, k, v, chunk), full, atol=1e-6)
+  loss = lambda c: lambda *a: (bnk.vector_attention(*a, c) ** 2).sum()
+  g_full = jax.grad(loss(0), argnums=(0, 1, 2))(q, k, v)
+  g_chunk = jax.grad(loss(chunk), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_chunk, g_full):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_chunking_bounds_memory():
+  """The compiled forward + backward keeps ~[B, chunk, N, d] live, not [B, N, N, d]."""
+  n, d, chunk = 256, 32, 32
+  x = jax.ShapeDtypeStruct((1, n, d), jnp.float32)
+  def temp_bytes(c):
+    f = jax.jit(jax.grad(lambda q, k, v: bnk.vector_attention(q, k, v, c).sum(), (0, 1, 2)))
+    return f.lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+  full_tensor = n * n * d * 4  # 8 MiB
+  assert temp_bytes(0) >= full_tensor
+  assert temp_bytes(chunk) < full_tensor / 2
+
+
+def _no_norm(next_fun, args, kwargs, context):
+  if isinstance(context.module, nn.GroupNorm) and context.method_name == '__call__':
+    return args[0]
+  return next_fun(*args, **kwargs)
+
+
+def test_2plus1d_pair_shapes_and_receptive_field():
+  cfg = BottleneckConfig(**TINY)
+  mod = bnk.BottleneckModule(bnk.MODULE_LAYERS['conv2d_conv1d'], cfg, stride=1)
+  x = jnp.ones((1, 7, 7, 7, 4))
+  params = mod.init(jax.random.key(0), x)['params']
+  assert params['conv2d']['kernel'].shape == (3, 3, 4, 4)  # 1x3x3 spatial
+  assert params['conv1d']['kernel'].shape == (3, 4, 4)  # 3x1x1 temporal
+  params = jax.tree.map(jnp.abs, params)  # positive weights: the ReLUs pass everything
+  def centre(v):
+    with nn.intercept_methods(_no_norm):  # the GroupNorms couple all positions: take them out
+      return mod.apply({'params': params}, v)[0][0, 3, 3, 3].sum()
+  support = np.asarray(jax.grad(centre)(x + 1.0)[0].sum(-1)) != 0
+  want = np.zeros((7, 7, 7), bool)
+  want[2:5, 2:5, 2:5] = True  # 3 frames x 3 x 3 pixels: the 3x3x3 field of the XYT conv
+  np.testing.assert_array_equal(support, want)
+  strided = bnk.BottleneckModule(bnk.MODULE_LAYERS['conv2d_conv1d'], cfg, stride=2)
+  y, _ = strided.apply(strided.init(jax.random.key(0), x), x)
+  assert y.shape == (1, 7, 4, 4, 4)
+
+
+@pytest.mark.parametrize('module', sorted(bnk.MODULE_LAYERS))
+def test_each_module_keeps_the_shape(module):
+  cfg = BottleneckConfig(**dict(TINY, module=module, query_chunk=8))
+  mod = bnk.BottleneckModule(bnk.MODULE_LAYERS[module], cfg)
+  x = jax.random.normal(jax.random.key(1), (2, 4, 4, 4, 16))
+  variables = mod.init(jax.random.key(0), x)
+  y, maps = mod.apply(variables, x)
+  assert y.shape == x.shape and bool(jnp.isfinite(y).all())
+  if 'tokenlearner' in module:
+    assert maps.shape == (2, 4, cfg.num_tokens, 4, 4)
+
+
+@pytest.mark.parametrize('module', ['conv2d_tokenlearner', 'conv2d_conv1d', 'spatial_temporal'])
+def test_tiny_model_trains_a_step(module):
+  cfg = ModelConfig.from_dict({'name': 'bottleneck', 'num_classes': 5,
+                               'bottleneck': dict(TINY, module=module, query_chunk=16)},
+                              image_size=16, num_frames=4)
+  assert cfg.is_video and cfg.input_shape == (4, 16, 16, 3)
+  model = build_model(cfg)
+  x = jax.random.normal(jax.random.key(0), (2, *cfg.input_shape))
+  params = model.init(jax.random.key(1), x, train=False)['params']
+  def loss(p):
+    logits, _ = model.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.key(2)})
+    return ((logits - 1.0) ** 2).mean()
+  value, grads = jax.value_and_grad(loss)(params)
+  assert np.isfinite(value) and all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+  logits, aux = model.apply({'params': params}, x, train=False)
+  assert logits.shape == (2, 5)
+  assert len(aux['attention_maps']) == (2 if 'tokenlearner' in module else 0)
+
+
+def test_config_section():
+  cfg = ModelConfig.from_dict({'name': 'bottleneck', 'variant': 'not-a-vit'}, image_size=224,
+                              num_frames=64)
+  assert cfg.bottleneck == BottleneckConfig() and cfg.num_layers == 26
+  with pytest.raises(ValueError, match='config.model.bottleneck.tokens'):
+    ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': {'tokens': 8}})
+  with pytest.raises(ValueError, match='config.model.bottleneck.module'):
+    ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': {'module': 'conv3d'}})
+  with pytest.raises(ValueError, match='num_heads'):
+    BottleneckConfig(module='joint_mhsa', num_heads=7)
+  with pytest.raises(ValueError, match='variant'):  # ViT models still need a variant
+    ModelConfig.from_dict({'name': 'vit', 'variant': 'not-a-vit'})
+
+
+# Paper (Tables 12, 13): Conv2D + TokenLearner = 17.2 GFLOPs, 2.49M params on 64 x 8 x 8 x 432.
+_SHAPE = (64, 8, 8, 432)
+
+
+def _padded_conv2d_correction():
+  """GFLOPs XLA leaves out of a 3x3 'SAME' conv on 8 x 8 (the taps on the zero padding), which
+  the paper's count includes: 2 * d^2 * T * (9 * 64 - 22 * 22)."""
+  t, h, w, d = _SHAPE
+  return 2 * d * d * t * (9 * h * w - (3 * h - 2) * (3 * w - 2)) / 1e9
+
+
+def test_module_flops_of_the_final_module():
+  gmacs, params = bnk.module_cost(BottleneckConfig(), 'conv2d_tokenlearner', _SHAPE)
+  assert abs(params / 2.49e6 - 1) < 0.05  # ours 2.57M: +3.2 %
+  assert abs(2 * gmacs / 17.2 - 1) < 0.25  # ours 13.7 GFLOPs: -20 % (XLA skips padding taps)
+  corrected = 2 * gmacs + _padded_conv2d_correction()
+  assert abs(corrected / 17.2 - 1) < 0.10  # 15.9 GFLOPs: -7.6 %
+  # The Conv2D + Conv1D baseline is exact in parameters (9 + 3) * 432^2 (+ 2 GroupNorms).
+  gmacs, params = bnk.module_cost(BottleneckConfig(), 'conv2d_conv1d', _SHAPE)
+  assert params == 12 * 432 ** 2 + 4 * 432
+  t, h, w, d = _SHAPE
+  conv1d_taps = h * w * (3 * t - 2)
+  want = d * d * t * (3 * h - 2) * (3 * w - 2) + d * d * conv1d_taps  # MACs on real taps
+  assert abs(gmacs * 1e9 / want - 1) < 0.01
+
+
+@pytest.mark.parametrize('name', ['charades_bottleneck', 'avid_bottleneck',
+                                  'moving_digits_bottleneck'])
+def test_configs_build_and_report_flops(name):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  exp = experiment.from_config(config)
+  assert exp.model.name == 'bottleneck'
+  text = flops.summary(exp.model)
+  gflops = float(text.split('gflops=')[1].split()[0])
+  if name != 'moving_digits_bottleneck':
+    assert exp.model.input_shape == (64, 224, 224, 3)
+    assert 170 < gflops < 190  # 181.9 GMACs at 224 x 224 x 64 (476 GFLOPs at 256, Table 11: 487)
+  chunked = dataclasses.replace(exp.model.bottleneck, query_chunk=0)
+  assert flops.count_flops_and_params(dataclasses.replace(exp.model, bottleneck=chunked))[0] == (
+      pytest.approx(gflops, rel=1e-3))
+
+
+def test_multi_label_moving_digits():
+  from token_learner.data import digits  # pylint: disable=g-import-not-at-top
+  one = digits.MovingDigits('test', directions=4)
+  two = digits.MovingDigits('test', directions=4, digits_per_video=2)
+  for i in (0, 7, 100):
+    assert one.labels(i) == [one.label(i)]
+    assert one.label(i) in two.labels(i) and 1 <= len(two.labels(i)) <= 2
+    np.testing.assert_array_equal(np.maximum(two.video(i), one.video(i)), two.video(i))
+  assert any(len(two.labels(i)) == 2 and (two.video(i) != one.video(i)).any()
+             for i in range(20))
+  from token_learner import data  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='digits_per_video'):
+    data.from_dict({'name': 'moving_digits', 'digits_per_video': 2})

@@ -1,0 +1,506 @@
+r"""The fault suite: main.py as a user runs it, with faults injected on purpose.
+
+    python tools/fault_suite.py            # ~10 min on 2 CPU cores; not part of CI
+    python tools/fault_suite.py --only=sigterm,corrupt
+
+Every probe runs `python main.py` (the tiny digits job) in subprocesses and checks what a user
+relies on: SIGKILLs at random moments (one during a checkpoint write) resume to bit-identical
+parameters with every logged step once per tag; SIGTERM saves and exits 75, and the resume is
+exact; truncated / deleted / garbled checkpoint files fall back to the previous good checkpoint;
+all bad is a clear error; a changed config is refused naming the fields; 30 malformed configs
+exit != 0 with one line naming the field before anything is compiled; corrupt / empty /
+unreadable data is named or counted; a NaN stops the run naming the step and the resume verifies
+the last good checkpoint; an unwritable workdir / checkpoint folder / full disk (a small tmpfs,
+needs root) is a prompt clear error; a killed peer of a 2-process run makes the other exit within
+60 s. Prints a table probe | expectation | result; exits 1 on any failure.
+"""
+import collections
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+           XLA_FLAGS='--xla_force_host_platform_device_count=2 '
+                     '--xla_backend_optimization_level=0')
+STEPS = 120
+TINY = {
+    'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
+    'model.dropout_rate': 0.1, 'batch_size': 16, 'eval_batch_size': 120,
+    'num_train_steps': STEPS, 'warmup_steps': 2, 'log_every_steps': 1, 'eval_every_steps': 60,
+    'checkpoint_every_steps': 10, 'keep_checkpoints': 3,
+}
+RESULTS = []
+
+
+def command(workdir, overrides=None, extra=(), inject=None):
+  """`python main.py` of the tiny job (or through `_inject` to add a fault inside it)."""
+  args = [f'--config={os.path.join(REPO, "configs", "digits_tokenlearner.py")}',
+          f'--workdir={workdir}']
+  args += [f'--config.{k}={v}' for k, v in dict(TINY, **(overrides or {})).items()]
+  prefix = [sys.executable, os.path.abspath(__file__), '_inject', inject] if inject else [
+      sys.executable, os.path.join(REPO, 'main.py')]
+  return prefix + args + list(extra)
+
+
+def run(workdir, overrides=None, extra=(), inject=None, timeout=600, env=None):
+  """Runs main.py to the end: (returncode, combined output, seconds)."""
+  start = time.time()
+  p = subprocess.run(command(workdir, overrides, extra, inject), cwd=REPO, env=env or ENV,
+                     capture_output=True, text=True, timeout=timeout)
+  return p.returncode, p.stdout + p.stderr, time.time() - start
+
+
+def start(workdir, overrides=None, log=None, env=None, extra=()):
+  return subprocess.Popen(command(workdir, overrides, extra), cwd=REPO, env=env or ENV,
+                          stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def record(probe, expectation, ok, detail=''):
+  RESULTS.append((probe, expectation, 'PASS' if ok else 'FAIL', detail))
+  print(f'[{"PASS" if ok else "FAIL"}] {probe}: {detail}', flush=True)
+
+
+def steps_in(workdir):
+  d = os.path.join(workdir, 'checkpoints')
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def params(workdir, step):
+  from token_learner.train import checkpoints  # pylint: disable=g-import-not-at-top
+  return checkpoints.restore_params(os.path.join(workdir, 'checkpoints', str(step)))
+
+
+def identical(a, b):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+
+def events(workdir):
+  """Counter of (tag, step) over the workdir's event files."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = collections.Counter()
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(path):
+        out.update((v.tag, event.step) for v in event.summary.value)
+    except tf.errors.DataLossError:
+      pass
+  return out
+
+
+def last_line(output, needle):
+  return next((l for l in reversed(output.splitlines()) if needle in l), '')
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes.
+
+
+def probe_sigkill(root, reference):
+  """Three SIGKILLs: when a checkpoint write is under way, and at two random moments."""
+  workdir = os.path.join(root, 'killed')
+  rng = random.Random(int(time.time()))
+  kills = []
+  for moment in ('checkpoint write', 'random', 'random'):
+    p = start(workdir)
+    deadline, target = time.time() + 300, (max(steps_in(workdir) or [0]) + 10)
+    while p.poll() is None and time.time() < deadline:
+      listing = os.listdir(os.path.join(workdir, 'checkpoints')) if os.path.isdir(
+          os.path.join(workdir, 'checkpoints')) else []
+      if moment == 'checkpoint write' and any('tmp' in d for d in listing):
+        break
+      if moment == 'random' and any(s.isdigit() and int(s) >= target for s in listing):
+        time.sleep(rng.uniform(0.0, 0.5))
+        break
+      time.sleep(0.005)
+    alive = p.poll() is None
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    kills.append(f'{moment} (after ckpt {max(steps_in(workdir) or [0])})' if alive
+                 else f'{moment}: had finished')
+  code, output, _ = run(workdir)
+  ok_run = code == 0 and 'Resuming at step' in output
+  same = ok_run and identical(params(workdir, STEPS), params(reference, STEPS))
+  counts = events(workdir)
+  twice = sorted(k for k, v in counts.items() if v > 1)
+  logged = sorted(s for (tag, s) in counts if tag == 'train_loss')
+  summary = json.load(open(os.path.join(workdir, 'summary.json'))) if ok_run else {}
+  record('SIGKILL x3', 'bit-identical params to an uninterrupted run', same,
+         '; '.join(kills))
+  record('SIGKILL x3: metrics', 'each logged step exactly once per tag, none missing',
+         ok_run and not twice and logged == list(range(1, STEPS + 1)),
+         f'{sum(counts.values())} scalars, duplicates: {twice[:3]}, train_loss steps '
+         f'{len(logged)}/{STEPS}')
+  record('SIGKILL x3: summary.json', 'train metrics present, wall time of all processes',
+         'train_loss' in summary.get('final_metrics', {}) and summary.get('wall_time_s', 0) > 0,
+         f"wall_time_s={summary.get('wall_time_s', 0):.1f}")
+
+
+def probe_sigterm(root, reference):
+  workdir = os.path.join(root, 'sigterm')
+  p = start(workdir)
+  while p.poll() is None and 20 not in steps_in(workdir):
+    time.sleep(0.01)
+  time.sleep(random.uniform(0.1, 0.6))
+  sent = time.time()
+  p.send_signal(signal.SIGTERM)
+  code = p.wait(timeout=120)
+  seconds, saved = time.time() - sent, max(steps_in(workdir) or [0])
+  code2, output, _ = run(workdir)
+  same = code2 == 0 and identical(params(workdir, STEPS), params(reference, STEPS))
+  record('SIGTERM', 'checkpoint of the current step, exit 75, exact resume',
+         code == 75 and same and f'Resuming at step {saved}' in output,
+         f'exit {code} after {seconds:.1f}s, saved step {saved}, resume bit-identical: {same}')
+
+
+def _truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _garble(path, size=2048):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  n = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    f.seek(max(0, n // 2 - size // 2))
+    f.write(np.random.default_rng(0).bytes(min(size, n)))
+
+
+def _array_files(workdir, step):
+  return sorted(glob.glob(os.path.join(workdir, 'checkpoints', str(step), 'default', '**', 'd',
+                                       '*'), recursive=True), key=os.path.getsize)
+
+
+def _garble_silently(workdir, step):
+  """8 bytes of an array file changed so that the checkpoint still restores, other values."""
+  before = params(workdir, step)
+  for path in reversed(_array_files(workdir, step)):
+    content = open(path, 'rb').read()
+    _garble(path, 8)
+    try:
+      if not identical(before, params(workdir, step)):
+        return
+    except Exception:  # pylint: disable=broad-except
+      pass
+    open(path, 'wb').write(content)
+  raise RuntimeError('no silent garbling found')
+
+
+def probe_corrupt(root, reference):
+  faults = {
+      'truncated': lambda w: _truncate(_array_files(w, STEPS)[-1]),
+      'deleted': lambda w: os.remove(_array_files(w, STEPS)[-1]),
+      'garbled (same size, restores silently)': lambda w: _garble_silently(w, STEPS),
+  }
+  for name, fault in faults.items():
+    workdir = shutil.copytree(reference, os.path.join(root, 'corrupt-' + name.split()[0]))
+    fault(workdir)
+    code, output, _ = run(workdir)
+    same = code == 0 and identical(params(workdir, STEPS), params(reference, STEPS))
+    warned = f'Checkpoint at step {STEPS} is unreadable or corrupt' in output
+    record(f'checkpoint file {name}', 'previous good checkpoint, with a warning',
+           same and warned, f'exit {code}, warning: {warned}, final params identical: {same}')
+
+  workdir = shutil.copytree(reference, os.path.join(root, 'corrupt-all'))
+  for step in steps_in(workdir):
+    _truncate(_array_files(workdir, step)[-1])
+  code, output, seconds = run(workdir)
+  line = last_line(output, 'None of the checkpoints')
+  record('all checkpoints bad', 'clear error, nothing overwritten', code != 0 and bool(line),
+         f'exit {code} in {seconds:.0f}s: {line[-110:]}')
+
+
+def probe_config_changed(root, reference):
+  workdir = shutil.copytree(reference, os.path.join(root, 'changed'))
+  code, output, _ = run(workdir, {'model.tokenlearner.pooling': 'mean', 'weight_decay': 0.5})
+  line = last_line(output, 'config error')
+  record('config changed on resume', 'exit 2, error naming the fields',
+         code == 2 and 'config.model.tokenlearner.pooling' in line and
+         'config.weight_decay' in line, f'exit {code}: {line[:120]}')
+
+
+MALFORMED = [
+    ('learning_rate', 'inf'), ('learning_rate', 'nan'), ('learning_rate', '-0.1'),
+    ('weight_decay', 'inf'), ('momentum', '1.5'), ('label_smoothing', '-1'),
+    ('mixup_alpha', 'nan'), ('grad_clip_norm', '-inf'), ('batch_size', '0'),
+    ('batch_size', '15'), ('eval_batch_size', '-2'), ('num_train_steps', '0'),
+    ('warmup_steps', '-1'), ('warmup_steps', '1000'), ('optimizer', 'adamx'),
+    ('lr_schedule', 'step'), ('loss', 'hinge'), ('log_every_steps', '0'),
+    ('keep_checkpoints', '0'), ('grad_accum_steps', '3'), ('model.variant', 'X/3'),
+    ('model.num_layers', '0'), ('model.dropout_rate', '1.0'), ('model.tokenlearner.loc', '7'),
+    ('model.tokenlearner.num_tokens', '100'), ('model.tokenlearner.pooling', 'max'),
+    ('dataset.crop_min_area', '1.5'), ('dataset.image_size', '15'),
+    ('model.num_classes', '7'), ('init_from.kind', 'torch'),
+]
+
+
+def probe_malformed(root):
+  """Each config through main.main, with jax.jit made to fail so the error must come first: all
+  in one process (`_inject malformed`, to spare 30 start-ups), and the first 2 also as separate
+  `python main.py` runs for the exit status."""
+  from concurrent import futures  # pylint: disable=g-import-not-at-top
+
+  def one(i_field_value):
+    i, (field, value) = i_field_value
+    code, output, _ = run(os.path.join(root, f'malformed{i}'), {field: value}, inject='nojit')
+    return code == 2 and last_line(output, 'config error') and 'Traceback' not in output
+
+  with futures.ThreadPoolExecutor(2) as pool:
+    separate = list(pool.map(one, enumerate(MALFORMED[:2])))
+  args = [command(os.path.join(root, 'malformed'), {f: v})[2:] for f, v in MALFORMED]
+  p = subprocess.run([sys.executable, os.path.abspath(__file__), '_inject', 'malformed',
+                      json.dumps(args)], cwd=REPO, env=ENV, capture_output=True, text=True,
+                     timeout=600)
+  results = [json.loads(l[len('RESULT '):]) for l in p.stdout.splitlines()
+             if l.startswith('RESULT ')]
+  bad = []
+  for (field, value), (code, lines) in zip(MALFORMED, results):
+    if not (code == 2 and len(lines) == 1 and f'config.{field}' in lines[0]):
+      bad.append(f'{field}={value}: exit {code}: {lines}')
+  if len(results) != len(MALFORMED):
+    bad.append(p.stderr[-300:])
+  example = f'e.g. {MALFORMED[0][0]}={MALFORMED[0][1]}: {results[0][1][0][:80]}' if results else ''
+  record(f'{len(MALFORMED)} malformed configs', 'exit 2, one line naming the field, no compile',
+         not bad and all(separate), f'{len(results) - len(bad)}/{len(MALFORMED)} ok, '
+         f'{sum(separate)}/2 as separate processes; ' + ('; '.join(bad[:2]) or example))
+
+
+def _image_folder(root, corrupt=None):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for split, n in (('train', 6), ('test', 3)):
+    for c, cls in enumerate(('cat', 'dog')):
+      os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+      for i in range(n):
+        Image.fromarray(np.full([16, 16, 3], 40 * c + 10 * i, np.uint8)).save(
+            os.path.join(root, split, cls, f'{i}.png'))
+  return {'dataset.name': 'image_folder', 'dataset.root': root, 'model.num_classes': 2,
+          'num_train_steps': 4, 'eval_batch_size': 4, 'checkpoint_every_steps': 2}
+
+
+def probe_data(root):
+  cases = []
+  folder = os.path.join(root, 'data-corrupt')
+  cfg = _image_folder(folder)
+  bad = os.path.join(folder, 'test', 'dog', '1.png')
+  open(bad, 'r+b').truncate(40)
+  cases.append(('truncated eval image', cfg, bad, 'before training'))
+  folder = os.path.join(root, 'data-empty')
+  cfg = _image_folder(folder)
+  os.makedirs(os.path.join(folder, 'train', 'emu'))
+  cases.append(('empty class folder', cfg, os.path.join(folder, 'train', 'emu'), ''))
+  folder = os.path.join(root, 'data-unreadable')
+  cfg = _image_folder(folder)
+  os.symlink('/nonexistent/x.png', os.path.join(folder, 'test', 'cat', 'x.png'))
+  cases.append(('unreadable eval file', cfg, os.path.join(folder, 'test', 'cat', 'x.png'), ''))
+  for name, cfg, path, _ in cases:
+    code, output, seconds = run(os.path.join(root, 'w-' + name.split()[0]), cfg)
+    line = last_line(output, path)
+    trained = 'Resuming' in output or os.path.isdir(
+        os.path.join(root, 'w-' + name.split()[0], 'checkpoints', '2'))
+    record(f'data: {name}', 'error naming the file, before training',
+           code != 0 and bool(line) and not trained, f'exit {code} in {seconds:.0f}s: '
+           f'{line.strip()[-100:]}')
+  folder = os.path.join(root, 'data-skip')
+  cfg = _image_folder(folder)
+  for split in ('train', 'test'):
+    open(os.path.join(folder, split, 'cat', '0.png'), 'wb').write(b'not a png')
+  code, output, _ = run(os.path.join(root, 'w-skip'), dict(cfg, **{'dataset.skip_corrupt': True}))
+  record('data: skip_corrupt', 'corrupt images counted and skipped, run completes',
+         code == 0 and output.count('Skipped 1 corrupt') >= 2,
+         f'exit {code}: {last_line(output, "Skipped")[-90:]}')
+
+
+def probe_nan(root, reference):
+  workdir = os.path.join(root, 'nan')
+  code, output, _ = run(workdir, inject='nan_from_step_13')
+  line = last_line(output, 'FloatingPointError')
+  kept = steps_in(workdir)
+  code2, output2, _ = run(workdir)
+  verified = 'Restored checkpoint at step 10 (verified against its digest)' in output2
+  same = code2 == 0 and identical(params(workdir, STEPS), params(reference, STEPS))
+  record('NaN at step 13', 'stops naming the step; last good checkpoint verified intact',
+         code != 0 and 'at step 13' in line and kept == [10] and verified and same,
+         f'exit {code}, checkpoints {kept}, resume verified step 10: {verified}, '
+         f'final identical: {same}')
+
+
+def _mount_tmpfs(path, options):
+  os.makedirs(path, exist_ok=True)
+  return subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', path],
+                        capture_output=True).returncode == 0
+
+
+def probe_unwritable(root):
+  cases = []
+  readonly = os.path.join(root, 'ro')
+  if _mount_tmpfs(readonly, 'ro,size=1m'):
+    cases.append(('read-only workdir', os.path.join(readonly, 'w')))
+  blocked = os.path.join(root, 'blocked')
+  os.makedirs(blocked)
+  open(os.path.join(blocked, 'checkpoints'), 'w').write('a file')
+  cases.append(('checkpoints is a file', blocked))
+  for name, workdir in cases:
+    code, output, seconds = run(workdir, timeout=300)
+    line = last_line(output, 'Cannot write checkpoints')
+    record(f'{name}', 'prompt clear error before compiling', code != 0 and bool(line)
+           and seconds < 60, f'exit {code} in {seconds:.0f}s: {line.strip()[-90:]}')
+  if not cases[0][0].startswith('read-only'):
+    record('read-only workdir', 'prompt clear error', False, 'mount failed (needs root)')
+  full = os.path.join(root, 'full')
+  if not _mount_tmpfs(full, 'size=2400k'):
+    record('full disk (tmpfs)', 'prompt clear error', False, 'mount failed (needs root)')
+    return
+  try:
+    code, output, seconds = run(full, {'keep_checkpoints': 10, 'checkpoint_every_steps': 2},
+                                timeout=400)
+    line = last_line(output, 'OSError: Saving')
+    record('full disk (2.4 MB tmpfs)', 'error at the first step after the failed write, '
+           'prompt exit', code != 0 and bool(line) and seconds < 120,
+           f'exit {code} in {seconds:.0f}s total, saved {steps_in(full)}: {line.strip()[-80:]}')
+  finally:
+    for path in (full, readonly):
+      subprocess.run(['umount', '-l', path], capture_output=True)
+
+
+def probe_dead_peer(root):
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  workdir = os.path.join(root, 'peers')
+  env = dict(ENV, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
+                            '--xla_backend_optimization_level=0')
+  extra = [f'--coordinator_address=localhost:{port}', '--num_processes=2']
+  overrides = {'num_train_steps': 100000, 'checkpoint_every_steps': 5}
+  logs = [open(os.path.join(root, f'peer{i}.log'), 'w') for i in range(2)]
+  ps = [start(workdir, overrides, logs[i], env, extra + [f'--process_id={i}']) for i in range(2)]
+  deadline = time.time() + 300
+  while 5 not in steps_in(workdir) and time.time() < deadline and ps[0].poll() is None:
+    time.sleep(0.05)
+  ps[1].send_signal(signal.SIGKILL)
+  killed = time.time()
+  try:
+    code = ps[0].wait(timeout=90)
+  except subprocess.TimeoutExpired:
+    ps[0].kill()
+    code = 'still running'
+  seconds = time.time() - killed
+  record('2 processes, one SIGKILLed', 'the other exits (non-zero) within 60 s',
+         code not in (0, 'still running') and seconds <= 60, f'exit {code} after {seconds:.0f}s')
+
+
+def inject(kind, argv):
+  """Runs main.py in this process with a fault: 'nojit' (jax.jit raises) or
+  'nan_from_step_<k>' (inputs of step k onwards are NaN)."""
+  sys.path.insert(0, REPO)
+  import runpy  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import trainer  # pylint: disable=g-import-not-at-top,unused-import  # Imported before patching.
+  if kind in ('nojit', 'malformed'):
+    def no_jit(*args, **kwargs):
+      raise AssertionError('compiled before validating the config')
+    jax.jit = no_jit
+  if kind == 'malformed':  # argv: a JSON list of main.py argument lists.
+    import contextlib  # pylint: disable=g-import-not-at-top
+    import io  # pylint: disable=g-import-not-at-top
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    import main as main_module  # pylint: disable=g-import-not-at-top
+    for args in json.loads(argv[0]):
+      values = flags.FlagValues()  # main.py's config flag, parsed as on its command line.
+      config_flags.DEFINE_config_file('config', None, '', flag_values=values, lock_config=True,
+                                      sys_argv=['main.py'] + args)
+      flags.DEFINE_string('workdir', None, '', flag_values=values)
+      values(['main.py'] + args)
+      err = io.StringIO()
+      with contextlib.redirect_stderr(err):
+        try:
+          main_module.train(values.config, values.workdir)
+          code = 0
+        except SystemExit as e:
+          code = e.code
+        except Exception as e:  # pylint: disable=broad-except
+          code, err = 1, io.StringIO(f'Traceback: {type(e).__name__}: {e}')
+      print('RESULT ' + json.dumps([code, [l for l in err.getvalue().splitlines()
+                                           if 'config error' in l or 'Traceback' in l]]),
+            flush=True)
+    return
+  elif kind.startswith('nan_from_step_'):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from token_learner import data  # pylint: disable=g-import-not-at-top
+    first, create = int(kind.rsplit('_', 1)[1]), data.train_iterator
+
+    def nan_iterator(cfg, start_step=0, **kwargs):
+      for step, batch in enumerate(create(cfg, start_step=start_step, **kwargs), start_step):
+        if step + 1 >= first:
+          batch = dict(batch, inputs=np.full_like(batch['inputs'], np.nan))
+        yield batch
+    data.train_iterator = nan_iterator
+  sys.argv = [os.path.join(REPO, 'main.py')] + argv
+  runpy.run_path(sys.argv[0], run_name='__main__')
+
+
+def main():
+  if len(sys.argv) > 2 and sys.argv[1] == '_inject':
+    return inject(sys.argv[2], sys.argv[3:])
+  os.environ.update(ENV)
+  sys.path.insert(0, REPO)
+  only = next((a.split('=', 1)[1].split(',') for a in sys.argv[1:] if a.startswith('--only=')),
+              None)
+  begin = time.time()
+  root = tempfile.mkdtemp(prefix='fault_suite_')
+  print(f'workdirs under {root}', flush=True)
+
+  def reference():
+    """The uninterrupted run (once)."""
+    workdir = os.path.join(root, 'reference')
+    if not os.path.exists(os.path.join(workdir, 'summary.json')):
+      code, output, seconds = run(workdir)
+      if code:
+        print(output[-3000:])
+        sys.exit('the uninterrupted reference run failed')
+      print(f'  (reference run: {seconds:.0f}s)', flush=True)
+    return workdir
+
+  probes = collections.OrderedDict([
+      ('sigkill', lambda: probe_sigkill(root, reference())),
+      ('sigterm', lambda: probe_sigterm(root, reference())),
+      ('corrupt', lambda: probe_corrupt(root, reference())),
+      ('config', lambda: probe_config_changed(root, reference())),
+      ('malformed', lambda: probe_malformed(root)),
+      ('data', lambda: probe_data(root)),
+      ('nan', lambda: probe_nan(root, reference())),
+      ('unwritable', lambda: probe_unwritable(root)),
+      ('peers', lambda: probe_dead_peer(root)),
+  ])
+  for name, probe in probes.items():
+    if only and name not in only:
+      continue
+    t = time.time()
+    try:
+      probe()
+    except Exception as e:  # pylint: disable=broad-except
+      record(name, 'probe ran', False, f'{type(e).__name__}: {e}'[:200])
+    print(f'  ({name}: {time.time() - t:.0f}s)', flush=True)
+  print(f'\n| probe | expectation | result |\n|---|---|---|')
+  for probe, expectation, result, detail in RESULTS:
+    print(f'| {probe} | {expectation} | {result}: {detail} |')
+  failed = sum(r[2] == 'FAIL' for r in RESULTS)
+  print(f'\n{len(RESULTS) - failed}/{len(RESULTS)} passed in {time.time() - begin:.0f}s')
+  if not failed:
+    shutil.rmtree(root, ignore_errors=True)
+  sys.exit(1 if failed else 0)
+
+
+if __name__ == '__main__':
+  main()
