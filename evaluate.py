@@ -6,7 +6,8 @@ r"""Evaluates a run's checkpoint on the whole eval split, without training or wr
 
 Runs the trainer's own eval step (multi-view averaging for video, mAP for multi-label data, the
 metrics the config asks for) over every example of the split once, on all devices (and processes:
-launch it like main.py), and writes WORKDIR/eval_<step>.json. The config is the run's (saved in
+launch it like main.py), and writes WORKDIR/eval_<step>.json; --fewshot adds the few-shot linear
+accuracies of `config.fewshot` (token_learner/train/fewshot.py). The config is the run's (saved in
 WORKDIR/summary.json) unless --config names one. Nothing in WORKDIR/checkpoints is touched.
 """
 import json
@@ -23,6 +24,7 @@ from token_learner import data
 from token_learner import experiment as experiment_lib
 from token_learner import fields
 from token_learner.train import checkpoints
+from token_learner.train import fewshot as fewshot_lib
 from token_learner.train import optim
 from token_learner.train import sharding
 import trainer
@@ -33,12 +35,15 @@ config_flags.DEFINE_config_file('config', None, 'Config of the run (default: the
                                 lock_config=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
 flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s eval split).')
+flags.DEFINE_bool('fewshot', False, 'Also run the few-shot linear evaluation (config.fewshot: '
+                  'shots, seeds, splits) on the checkpoint\'s pre-logit features.')
 flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 
-def evaluate_checkpoint(config, workdir: str, step=None, split=None) -> dict:
-  """{'step', 'split', 'eval_*' metrics} of checkpoint `step` (default: latest) of `workdir`."""
+def evaluate_checkpoint(config, workdir: str, step=None, split=None, fewshot=False) -> dict:
+  """{'step', 'split', 'eval_*' metrics (and 'fewshot_*')} of checkpoint `step` (default: the
+  latest) of `workdir`."""
   experiment = experiment_lib.from_config(config)
   data_cfg = experiment.data
   if split:
@@ -62,8 +67,14 @@ def evaluate_checkpoint(config, workdir: str, step=None, split=None) -> dict:
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
   metrics = trainer.evaluate(eval_step, params, eval_input, mesh)
-  return {'step': step, 'split': data_cfg.eval_split,
-          **{f'eval_{k}': v for k, v in metrics.items()}}
+  result = {'step': step, 'split': data_cfg.eval_split,
+            **{f'eval_{k}': v for k, v in metrics.items()}}
+  if fewshot:
+    batches = sharding.batch_sharding(mesh)
+    evaluator = fewshot_lib.FewShotEvaluator(experiment.fewshot, experiment.data, mesh, batches)
+    result.update(evaluator(fewshot_lib.compile_features(model, shardings.params, batches),
+                            params))
+  return result
 
 
 def main(argv):
@@ -71,7 +82,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = FLAGS.config if FLAGS.config is not None else attention_maps.saved_config(
       FLAGS.workdir)
-  result = evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step, FLAGS.split)
+  result = evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step, FLAGS.split, FLAGS.fewshot)
   if jax.process_index() == 0:
     path = os.path.join(FLAGS.workdir, f'eval_{result["step"]}.json')
     with open(path + '.tmp', 'w') as f:

@@ -94,6 +94,15 @@ def train(config, workdir, allow_config_change=()):
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
+  except BaseException:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    # jax.distributed's shutdown at exit waits for every peer (minutes when one is dead): a
+    # failed process of a multi-process run exits now, and its peers fail at their next
+    # collective.
+    logging.exception('Training failed; exiting without waiting for the other processes.')
+    logging.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

@@ -282,6 +282,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
                                step % cfg.checkpoint_every_steps == 0):
         saved = save()
       if preempted:
+        manager.wait_until_finished()
         raise preemption.Preempted(step)
     train_logger.flush()
     eval_metrics = evaluate(p_eval_step, state.params, eval_input, mesh)

@@ -1,4 +1,4 @@
-r"""Charades (§6, Table 10): X(2+1)D-M + Conv2D + TokenLearner bottleneck, the paper's 66.3 mAP model.
+r"""Charades (§6, Table 10): X(2+1)D-M + Conv2D + TokenLearner bottleneck (the 66.3 mAP model).
 
 Model (token_learner/bottleneck.py): X(2+1)D-M (X3D-M widths and depths, every 3D conv a 1x3x3 +
 3x1x1 pair, no squeeze-excitation, ReLU, GroupNorm), and in res5 every residual module's temporal

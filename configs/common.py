@@ -17,6 +17,7 @@ from token_learner import fields
 from token_learner.model_config import ModelConfig, TokenLearnerConfig
 from token_learner.pretrained import InitConfig
 from token_learner.train.config import TrainConfig
+from token_learner.train.fewshot import FewShotConfig
 
 
 def _placeholder_type(cls, name):
@@ -59,9 +60,11 @@ def dataset_config(name: str, **dataset) -> ml_collections.ConfigDict:
 
 def experiment_config(*, model, dataset, **trainer) -> ml_collections.ConfigDict:
   """A whole config: the trainer's fields (TrainConfig defaults with `trainer`), `model`,
-  `dataset`, and an `init_from` section (InitConfig defaults: a fresh initialisation)."""
+  `dataset`, an `init_from` section (InitConfig defaults: a fresh initialisation) and a `fewshot`
+  section (FewShotConfig defaults: off)."""
   config = section(TrainConfig, **trainer)
   config.model = model
   config.dataset = dataset
   config.init_from = section(InitConfig)
+  config.fewshot = section(FewShotConfig)
   return config

@@ -40,11 +40,11 @@ def _array_files(workdir, step):
   return sorted(files, key=os.path.getsize)
 
 
-def _garble(path, size=2048):
-  """Overwrites `size` bytes in the middle of `path`; the file keeps its size."""
+def _garble(path, size=2048, at=0.5):
+  """Overwrites `size` bytes of `path` around `at` of its length; the file keeps its size."""
   length = os.path.getsize(path)
   with open(path, 'r+b') as f:
-    f.seek(max(0, length // 2 - size // 2))
+    f.seek(max(0, int(length * at) - size // 2))
     f.write(np.random.default_rng(0).bytes(min(size, length)))
   assert os.path.getsize(path) == length
 
@@ -54,17 +54,18 @@ def _garble_silently(workdir, step):
   other values (most garbling breaks the compressed stream, which orbax reports itself)."""
   directory = os.path.join(workdir, 'checkpoints', str(step))
   original = checkpoints.restore_params(directory)
-  for path in reversed(_array_files(workdir, step)):
-    content = open(path, 'rb').read()
-    _garble(path, size=8)
-    try:
-      garbled = checkpoints.restore_params(directory)
-      if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(original),
-                                                      jax.tree.leaves(garbled))):
-        return
-    except Exception:  # pylint: disable=broad-except
-      pass
-    open(path, 'wb').write(content)
+  for at in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.9, 0.1):
+    for path in reversed(_array_files(workdir, step)):
+      content = open(path, 'rb').read()
+      _garble(path, size=8, at=at)
+      try:
+        garbled = checkpoints.restore_params(directory)
+        if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(original),
+                                                        jax.tree.leaves(garbled))):
+          return
+      except Exception:  # pylint: disable=broad-except
+        pass
+      open(path, 'wb').write(content)
   raise AssertionError('no silent garbling found')
 
 

@@ -60,11 +60,15 @@ def test_evaluate_command_reproduces_the_run_and_writes_nothing_else(trained, su
   assert _listing(os.path.join(workdir, 'checkpoints')) == before
   # An earlier step, on another split: a different model state, the split's own size.
   out = subprocess.run([sys.executable, 'evaluate.py', f'--workdir={workdir}', '--step=1',
-                        '--split=train[:100]'], cwd=REPO, env=subprocess_env(),
+                        '--split=train[:100]', '--fewshot',
+                        '--config=configs/digits_tokenlearner.py', '--config.fewshot.shots=(1,2)',
+                        '--config.model.num_layers=1', '--config.model.tokenlearner.num_tokens=4',
+                        '--config.model.tokenlearner.loc=1'], cwd=REPO, env=subprocess_env(),
                        capture_output=True, text=True, timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
   early = json.load(open(os.path.join(workdir, 'eval_1.json')))
   assert early['step'] == 1 and early['eval_num_examples'] == 100
+  assert 0.0 <= early['fewshot_1shot'] <= 1.0 and 0.0 <= early['fewshot_2shot'] <= 1.0
 
 
 def test_visualize_command_on_a_trained_run(trained, subprocess_env):

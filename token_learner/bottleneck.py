@@ -24,7 +24,8 @@ run as 2D convs over B*T frames / 1D convs over B*H*W positions (kernels [3, 3, 
 
 Activation: ReLU everywhere in the backbone (X3D's non-swish activation; the paper removes swish).
 Normalisation: GroupNorm with gcd(channels, 8) groups (`norm_groups`), statistics per example
-over (T, H, W, channels of the group). X3D uses BatchNorm; GroupNorm needs no batch statistics,
+over (T, H, W, channels of the group); `norm_groups=0` is a LayerNorm over each position's
+channels. X3D uses BatchNorm; GroupNorm needs no batch statistics,
 so the model fits the project's trainer (no `batch_stats` collection), behaves the same in train
 and eval and does not depend on the per-device batch (4 clips per core in B.3).
 
@@ -49,8 +50,9 @@ shape:
   tokens), 'conv2d_dense_tokens' (tokens straight from a dense layer over the positions,
   z[t, s, c] = sum_n W[n, s] x[t, n, c] + b[s, c], then a dense layer over channels),
   'conv2d_pool_mlp' (global average pool per frame, then an MLP C -> C -> S*C).
-MHSA layers are x + MHSA(LayerNorm(x)) (`num_heads` heads, qkv width `mhsa_dim`, default d). Without a conv2d, the
-stride of a stage's first module moves to its 1x1x1 expansion conv.
+MHSA layers are x + MHSA(LayerNorm(x)) (`num_heads` heads, qkv width `mhsa_dim`, default d;
+`mhsa_dim=176` gives the paper's 0.30M parameters per MHSA). Without a conv2d, the stride of a
+stage's first module moves to its 1x1x1 expansion conv.
 
 Vector Transformer (Appendix A, Eq. 3): z + VT(LayerNorm(z)) with
     y_i = sum_j softmax_j(f_q(z_i) (.) f_k(z_j)) (.) f_v(z_j),
@@ -106,17 +108,22 @@ PAPER_MODULE_COST = {
 
 
 def group_norm(channels: int, groups: int, dtype=None, zero: bool = False, name=None):
-  """GroupNorm with gcd(channels, groups) groups; `zero` initialises its scale to 0."""
+  """GroupNorm with gcd(channels, groups) groups, or (groups=0) a LayerNorm over the channels of
+  each position; `zero` initialises its scale to 0."""
+  scale_init = nn.initializers.zeros if zero else nn.initializers.ones
+  if not groups:
+    return nn.LayerNorm(dtype=dtype, name=name, scale_init=scale_init)
   return nn.GroupNorm(num_groups=math.gcd(channels, groups), dtype=dtype, name=name,
-                      scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
+                      scale_init=scale_init)
 
 
 def conv2d(x, features: int, stride: int = 1, *, dtype=None, name=None, kernel: int = 3):
   """The spatial half of a (2+1)D pair: a k x k conv of every frame of `[B, T, H, W, C]` ('SAME',
   no bias; run as a 2D conv on B*T frames, which XLA executes much faster than a 1xkxk 3D conv)."""
   b, t = x.shape[:2]
+  frames = einops.rearrange(x, 'b t h w c -> (b t) h w c')
   y = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
-              use_bias=False, dtype=dtype, name=name)(einops.rearrange(x, 'b t h w c -> (b t) h w c'))
+              use_bias=False, dtype=dtype, name=name)(frames)
   return einops.rearrange(y, '(b t) h w c -> b t h w c', b=b, t=t)
 
 

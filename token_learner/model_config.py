@@ -93,7 +93,9 @@ class BottleneckConfig:
   strides: Tuple[int, ...] = (2, 2, 2, 2, 2)  # spatial strides of the stem, res2..res5
   temporal_kernel: int = 3  # the 1D temporal conv of each (2+1)D pair
   stem_temporal_kernel: int = 5  # X3D's 5x1x1 channel-wise stem conv
-  norm_groups: int = 8  # GroupNorm groups: gcd(channels, norm_groups) per layer
+  # GroupNorm groups: gcd(channels, norm_groups) per layer; 0: LayerNorm over each position's
+  # channels (no statistics over space-time: better for small sparse inputs, moving_digits).
+  norm_groups: int = 8
   module: str = 'conv2d_tokenlearner'  # BOTTLENECK_MODULES; replaces the res5 (2+1)D pair
   module_stages: Tuple[int, ...] = (3,)  # stages (0 = res2 .. 3 = res5) that use `module`
   num_tokens: int = 8  # S tokens per frame (TokenLearner and the §6.3.3 tokenizers)
@@ -109,10 +111,10 @@ class BottleneckConfig:
   def __post_init__(self):
     for f in ('widths', 'depths', 'strides', 'module_stages'):
       fields.set_field(self, f, tuple(getattr(self, f)))
-    for f in ('stem_width', 'conv5_width', 'head_width', 'temporal_kernel', 'norm_groups',
+    for f in ('stem_width', 'conv5_width', 'head_width', 'temporal_kernel',
               'num_tokens', 'tl_conv_layers', 'num_heads', 'fuser_mlp_dim'):
       fields.check_int(f'{_BN}.{f}', getattr(self, f), 1)
-    for f in ('query_chunk', 'mixer_dim', 'mhsa_dim', 'stem_temporal_kernel'):
+    for f in ('query_chunk', 'mixer_dim', 'mhsa_dim', 'stem_temporal_kernel', 'norm_groups'):
       fields.check_int(f'{_BN}.{f}', getattr(self, f), 0)
     if len(self.widths) != 4 or len(self.depths) != 4 or len(self.strides) != 5:
       raise ValueError(f'{_BN}: widths and depths need 4 entries (res2..res5), strides 5 '

@@ -102,6 +102,12 @@ def last_line(output, needle):
   return next((l for l in reversed(output.splitlines()) if needle in l), '')
 
 
+def quote(line, needle, width=100):
+  """`line` from `needle` on, shortened: the part of a message a user reads first."""
+  line = line.strip()
+  return line[max(0, line.find(needle)):][:width]
+
+
 # ---------------------------------------------------------------------------------------------
 # Probes.
 
@@ -126,7 +132,7 @@ def probe_sigkill(root, reference):
     alive = p.poll() is None
     p.send_signal(signal.SIGKILL)
     p.wait()
-    kills.append(f'{moment} (after ckpt {max(steps_in(workdir) or [0])})' if alive
+    kills.append(f'{moment}, newest complete ckpt {max(steps_in(workdir) or [0])}' if alive
                  else f'{moment}: had finished')
   code, output, _ = run(workdir)
   ok_run = code == 0 and 'Resuming at step' in output
@@ -136,7 +142,7 @@ def probe_sigkill(root, reference):
   logged = sorted(s for (tag, s) in counts if tag == 'train_loss')
   summary = json.load(open(os.path.join(workdir, 'summary.json'))) if ok_run else {}
   record('SIGKILL x3', 'bit-identical params to an uninterrupted run', same,
-         '; '.join(kills))
+         'killed at: ' + '; '.join(kills))
   record('SIGKILL x3: metrics', 'each logged step exactly once per tag, none missing',
          ok_run and not twice and logged == list(range(1, STEPS + 1)),
          f'{sum(counts.values())} scalars, duplicates: {twice[:3]}, train_loss steps '
@@ -168,11 +174,11 @@ def _truncate(path):
     f.truncate(os.path.getsize(path) // 2)
 
 
-def _garble(path, size=2048):
+def _garble(path, size=2048, at=0.5):
   import numpy as np  # pylint: disable=g-import-not-at-top
   n = os.path.getsize(path)
   with open(path, 'r+b') as f:
-    f.seek(max(0, n // 2 - size // 2))
+    f.seek(max(0, int(n * at) - size // 2))
     f.write(np.random.default_rng(0).bytes(min(size, n)))
 
 
@@ -184,15 +190,16 @@ def _array_files(workdir, step):
 def _garble_silently(workdir, step):
   """8 bytes of an array file changed so that the checkpoint still restores, other values."""
   before = params(workdir, step)
-  for path in reversed(_array_files(workdir, step)):
-    content = open(path, 'rb').read()
-    _garble(path, 8)
-    try:
-      if not identical(before, params(workdir, step)):
-        return
-    except Exception:  # pylint: disable=broad-except
-      pass
-    open(path, 'wb').write(content)
+  for at in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.9, 0.1):
+    for path in reversed(_array_files(workdir, step)):
+      content = open(path, 'rb').read()
+      _garble(path, 8, at)
+      try:
+        if not identical(before, params(workdir, step)):
+          return
+      except Exception:  # pylint: disable=broad-except
+        pass
+      open(path, 'wb').write(content)
   raise RuntimeError('no silent garbling found')
 
 
@@ -217,7 +224,7 @@ def probe_corrupt(root, reference):
   code, output, seconds = run(workdir)
   line = last_line(output, 'None of the checkpoints')
   record('all checkpoints bad', 'clear error, nothing overwritten', code != 0 and bool(line),
-         f'exit {code} in {seconds:.0f}s: {line[-110:]}')
+         f'exit {code} in {seconds:.0f}s: {quote(line, "None of the checkpoints", 80)}')
 
 
 def probe_config_changed(root, reference):
@@ -226,7 +233,7 @@ def probe_config_changed(root, reference):
   line = last_line(output, 'config error')
   record('config changed on resume', 'exit 2, error naming the fields',
          code == 2 and 'config.model.tokenlearner.pooling' in line and
-         'config.weight_decay' in line, f'exit {code}: {line[:120]}')
+         'config.weight_decay' in line, f'exit {code}: {quote(line, "with: ", 110)}')
 
 
 MALFORMED = [
@@ -310,7 +317,7 @@ def probe_data(root):
         os.path.join(root, 'w-' + name.split()[0], 'checkpoints', '2'))
     record(f'data: {name}', 'error naming the file, before training',
            code != 0 and bool(line) and not trained, f'exit {code} in {seconds:.0f}s: '
-           f'{line.strip()[-100:]}')
+           f'{quote(line, os.path.basename(path), 90)}')
   folder = os.path.join(root, 'data-skip')
   cfg = _image_folder(folder)
   for split in ('train', 'test'):
@@ -318,7 +325,7 @@ def probe_data(root):
   code, output, _ = run(os.path.join(root, 'w-skip'), dict(cfg, **{'dataset.skip_corrupt': True}))
   record('data: skip_corrupt', 'corrupt images counted and skipped, run completes',
          code == 0 and output.count('Skipped 1 corrupt') >= 2,
-         f'exit {code}: {last_line(output, "Skipped")[-90:]}')
+         f'exit {code}: {quote(last_line(output, "Skipped"), "Skipped", 60)}')
 
 
 def probe_nan(root, reference):
@@ -354,7 +361,7 @@ def probe_unwritable(root):
     code, output, seconds = run(workdir, timeout=300)
     line = last_line(output, 'Cannot write checkpoints')
     record(f'{name}', 'prompt clear error before compiling', code != 0 and bool(line)
-           and seconds < 60, f'exit {code} in {seconds:.0f}s: {line.strip()[-90:]}')
+           and seconds < 60, f'exit {code} in {seconds:.0f}s: {quote(line, "Cannot", 110)}')
   if not cases[0][0].startswith('read-only'):
     record('read-only workdir', 'prompt clear error', False, 'mount failed (needs root)')
   full = os.path.join(root, 'full')
@@ -367,7 +374,8 @@ def probe_unwritable(root):
     line = last_line(output, 'OSError: Saving')
     record('full disk (2.4 MB tmpfs)', 'error at the first step after the failed write, '
            'prompt exit', code != 0 and bool(line) and seconds < 120,
-           f'exit {code} in {seconds:.0f}s total, saved {steps_in(full)}: {line.strip()[-80:]}')
+           f'exit {code} in {seconds:.0f}s total, saved {steps_in(full)}: '
+           f'{quote(line, "OSError", 70)}')
   finally:
     for path in (full, readonly):
       subprocess.run(['umount', '-l', path], capture_output=True)
@@ -397,6 +405,37 @@ def probe_dead_peer(root):
   seconds = time.time() - killed
   record('2 processes, one SIGKILLed', 'the other exits (non-zero) within 60 s',
          code not in (0, 'still running') and seconds <= 60, f'exit {code} after {seconds:.0f}s')
+
+
+def probe_peer_sigterm(root):
+  """SIGTERM to one process of two: both stop at the same step (orbax's preemption sync
+  point), save it and exit 75."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  workdir = os.path.join(root, 'peers-sigterm')
+  env = dict(ENV, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
+                            '--xla_backend_optimization_level=0')
+  extra = [f'--coordinator_address=localhost:{port}', '--num_processes=2']
+  overrides = {'num_train_steps': 100000, 'checkpoint_every_steps': 50}
+  logs = [open(os.path.join(root, f'term{i}.log'), 'w') for i in range(2)]
+  ps = [start(workdir, overrides, logs[i], env, extra + [f'--process_id={i}']) for i in range(2)]
+  deadline = time.time() + 300
+  while 50 not in steps_in(workdir) and time.time() < deadline and ps[0].poll() is None:
+    time.sleep(0.05)
+  time.sleep(0.5)
+  ps[1].send_signal(signal.SIGTERM)
+  codes = []
+  for p in ps:
+    try:
+      codes.append(p.wait(timeout=120))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      codes.append('hung')
+  saved = steps_in(workdir)
+  record('2 processes, SIGTERM to one', 'both save the same step, exit 75',
+         codes == [75, 75] and saved and saved[-1] % 50 != 0,
+         f'exits {codes}, checkpoints {saved}')
 
 
 def inject(kind, argv):
@@ -482,6 +521,7 @@ def main():
       ('nan', lambda: probe_nan(root, reference())),
       ('unwritable', lambda: probe_unwritable(root)),
       ('peers', lambda: probe_dead_peer(root)),
+      ('peers_sigterm', lambda: probe_peer_sigterm(root)),
   ])
   for name, probe in probes.items():
     if only and name not in only:

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from token_learner import fields
+from token_learner.train import preemption
 
 CHECKPOINTS = 'checkpoints'
 _ITEM = 'default'
@@ -128,8 +129,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, *,
   try:  # Waits for the previous save first, raising its error.
     mngr.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
   except Exception as e:  # pylint: disable=broad-except
-    raise OSError(f'Saving a checkpoint to {mngr.directory} failed: '
-                  f'{str(e).strip().splitlines()[0][:500]}') from e
+    raise OSError(f'Saving a checkpoint to {mngr.directory} failed: {_first_line(e)}') from e
 
 
 def check_errors(mngr: ocp.CheckpointManager, step: Optional[int] = None):
@@ -151,7 +151,13 @@ def check_errors(mngr: ocp.CheckpointManager, step: Optional[int] = None):
 def close(mngr: ocp.CheckpointManager):
   """Waits for the pending save and closes `mngr`; after an exception, a failed save is only
   logged, so the original error is the one raised."""
-  failing = sys.exc_info()[0] is not None  # Called from a `finally` of a failing block.
+  # Called from a `finally` of a failing block? (A preemption has already waited for its save.)
+  failing = sys.exc_info()[0] not in (None, preemption.Preempted)
+  if failing and jax.process_count() > 1:
+    # Closing syncs with the other processes: after a failure (often a dead peer) that would
+    # wait minutes for them. A save still in flight is incomplete and ignored on restore.
+    logging.error('Not waiting for pending checkpoint writes of a failed multi-process run.')
+    return
   try:
     mngr.close()
   except Exception as e:  # pylint: disable=broad-except
@@ -215,7 +221,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
     except Exception as e:  # pylint: disable=broad-except  # Any read error means unusable.
       logging.warning('Checkpoint at step %d is unreadable or corrupt, trying the previous '
                       'one: %s', step, e)
-      failures.append((step, e))
+      failures.append((step, _first_line(e)))
       continue
     if failures:
       directory = mngr.directory
@@ -235,6 +241,11 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
   return None, mngr, {}
 
 
+def _first_line(error: Exception, limit: int = 300) -> str:
+  text = str(error).strip().splitlines()
+  return (text[0] if text else type(error).__name__)[:limit]
+
+
 def _flat(tree, prefix='config') -> Dict[str, Any]:
   if not isinstance(tree, Mapping):
     return {prefix: tree}
@@ -248,13 +259,15 @@ def check_config(saved: Mapping[str, Any], config: Mapping[str, Any],
                  allow: Sequence[str] = ()):
   """Raises ConfigChangedError listing every field of `config` that differs from `saved` (the
   config stored with the restored checkpoint) other than SAFE_TO_CHANGE and `allow` (names like
-  'num_train_steps' or 'config.model.dropout_rate')."""
+  'num_train_steps' or 'config.model.dropout_rate', or a section: 'model.tokenlearner')."""
   if not saved:
     return
   old, new = _flat(_jsonable(saved)), _flat(_jsonable(config))
-  allowed = {a if a.startswith('config.') else f'config.{a}' for a in (*SAFE_TO_CHANGE, *allow)}
+  allowed = tuple(a if a.startswith('config.') else f'config.{a}'
+                  for a in (*SAFE_TO_CHANGE, *allow))
+  is_allowed = lambda k: any(k == a or k.startswith(a + '.') for a in allowed)  # Or a section.
   changed = sorted(k for k in set(old) | set(new)
-                   if old.get(k, '<unset>') != new.get(k, '<unset>') and k not in allowed)
+                   if old.get(k, '<unset>') != new.get(k, '<unset>') and not is_allowed(k))
   if changed:
     details = ', '.join(f'{k}: {old.get(k, "<unset>")!r} -> {new.get(k, "<unset>")!r}'
                         for k in changed)
