@@ -35,6 +35,7 @@ from token_learner import fields
 from token_learner import pretrained
 from token_learner.flops import count_flops_and_params
 from token_learner.train import checkpoints
+from token_learner.train import fewshot
 from token_learner.train import losses
 from token_learner.train import logger
 from token_learner.train import optim
@@ -209,6 +210,9 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     pretrained.check_path(experiment.init)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   eval_input = data.eval_input(data_cfg, batch_size=cfg.eval_batch_size, **process)
+  fewshot_input = (fewshot.FewShotEvaluator(experiment.fewshot, data_cfg, mesh,
+                                            sharding.batch_sharding(mesh))
+                   if experiment.fewshot.every_steps else None)
 
   logging.info('Config:\n%s', config)
   model = build_model(model_cfg)
@@ -238,6 +242,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
       workdir, just_logging=jax.process_index() > 0), workdir)
   p_train_step = compile_train_step(model, tx, cfg, mesh, state_shardings)
   p_eval_step = compile_eval_step(model, cfg, mesh, state_shardings.params, data_cfg.is_video)
+  features = fewshot.compile_features(model, state_shardings.params, sharding.batch_sharding(mesh))
 
   hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.num_train_steps, writer=writer)]
   if cfg.profile_steps and jax.process_index() == 0:
@@ -255,7 +260,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     writer.flush()  # Everything logged up to a checkpoint is on disk with it.
     return step
 
-  eval_metrics, saved = {}, None
+  eval_metrics, fewshot_metrics, saved = {}, {}, None
   watcher = preemption.Watcher(manager).__enter__()
   batches = data.Prefetcher(
       data.train_iterator(data_cfg, seed=cfg.seed, batch_size=cfg.batch_size, start_step=step,
@@ -277,6 +282,10 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
         with hooks[0].timed('eval'):
           eval_metrics = evaluate(p_eval_step, state.params, eval_input, mesh)
         writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
+      if fewshot_input and step % experiment.fewshot.every_steps == 0:
+        train_logger.flush()
+        fewshot_metrics = fewshot_input(features, state.params)  # Frozen pre-logit features.
+        writer.write_scalars(step, fewshot_metrics)
       preempted = watcher.stop_requested(step)
       if last or preempted or (cfg.checkpoint_every_steps and
                                step % cfg.checkpoint_every_steps == 0):
@@ -294,7 +303,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     writer.flush()
 
   final = {'step': step, **{f'eval_{k}': v for k, v in eval_metrics.items()},
-           **train_logger.last}
+           **fewshot_metrics, **train_logger.last}
   logger.write_summary(workdir, final, steps=step, num_train_steps=cfg.num_train_steps,
                        wall_time_s=wall_time(), gflops=gflops,
                        num_params=num_params, num_devices=mesh.size,

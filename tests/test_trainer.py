@@ -53,9 +53,12 @@ def _assert_trees_equal(a, b):
 
 def test_train_and_evaluate_writes_outputs(tmp_path, tiny_config):
   workdir = str(tmp_path)
-  result = trainer.train_and_evaluate(tiny_config(), workdir)
+  result = trainer.train_and_evaluate(
+      tiny_config(**{'fewshot.every_steps': 3, 'fewshot.shots': (1, 5), 'fewshot.seeds': 1}),
+      workdir)
   assert result['step'] == 6
   assert result['eval_num_examples'] == 360
+  assert 0.0 < result['fewshot_1shot'] <= 1.0 and 0.0 < result['fewshot_5shot'] <= 1.0
   assert 0.0 <= result['eval_accuracy'] <= result['eval_top5_accuracy'] <= 1.0
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   assert summary['steps'] == 6 and summary['gflops'] > 0 and summary['num_params'] > 0
