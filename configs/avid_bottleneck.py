@@ -16,21 +16,11 @@ is 476 GFLOPs (2 x GMACs) vs the paper's 487.
   # Table 11's "X(2+1)D-M" baseline (disjoint space + time transformer):
   #   --config.model.bottleneck.module=spatial_temporal
 """
+from configs import avid_tokenlearner
 from configs import charades_bottleneck
 
 
 def get_config():
-  config = charades_bottleneck.get_config()
-  config.batch_size = 512
+  config = avid_tokenlearner.avid(charades_bottleneck.get_config(), eval_short_side=256)
   config.learning_rate = 0.025
-  config.loss = 'softmax_xent'
-  config.label_smoothing = 0.2
-  config.eval_average = 'logits'
-  config.mean_per_class_accuracy = True  # reported as eval_mean_per_class_accuracy
-  config.model.num_classes = 887
-  d = config.dataset
-  d.name, d.multi_label = 'avid', False
-  d.file_pattern_train = '/path/to/avid/train-*.tfrecord'
-  d.file_pattern_eval = '/path/to/avid/test-*.tfrecord'
-  d.eval_clips, d.eval_crops, d.eval_short_side = 4, 3, 256
   return config
