@@ -213,6 +213,10 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
   fewshot_input = (fewshot.FewShotEvaluator(experiment.fewshot, data_cfg, mesh,
                                             sharding.batch_sharding(mesh))
                    if experiment.fewshot.every_steps else None)
+  map_logger = None
+  if cfg.log_attention_maps:
+    from tools import attention_maps  # pylint: disable=g-import-not-at-top  # matplotlib: only here.
+    map_logger = attention_maps.TensorBoardMaps(experiment, cfg.log_attention_maps)
 
   logging.info('Config:\n%s', config)
   model = build_model(model_cfg)
@@ -260,6 +264,17 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     writer.flush()  # Everything logged up to a checkpoint is on disk with it.
     return step
 
+  def run_eval():
+    train_logger.flush()
+    with hooks[0].timed('eval'):
+      metrics = evaluate(p_eval_step, state.params, eval_input, mesh)
+    writer.write_scalars(step, {f'eval_{k}': v for k, v in metrics.items()})
+    if map_logger:  # Every process computes (the params are global arrays); process 0 writes.
+      images, token_stats = map_logger(state.params)
+      writer.write_images(step, images)
+      writer.write_scalars(step, token_stats)
+    return metrics
+
   eval_metrics, fewshot_metrics, saved = {}, {}, None
   watcher = preemption.Watcher(manager).__enter__()
   batches = data.Prefetcher(
@@ -278,10 +293,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
         hook(step)
       last = step == cfg.num_train_steps
       if cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and not last:
-        train_logger.flush()
-        with hooks[0].timed('eval'):
-          eval_metrics = evaluate(p_eval_step, state.params, eval_input, mesh)
-        writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
+        eval_metrics = run_eval()
       if fewshot_input and step % experiment.fewshot.every_steps == 0:
         train_logger.flush()
         fewshot_metrics = fewshot_input(features, state.params)  # Frozen pre-logit features.
@@ -293,9 +305,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
       if preempted:
         manager.wait_until_finished()
         raise preemption.Preempted(step)
-    train_logger.flush()
-    eval_metrics = evaluate(p_eval_step, state.params, eval_input, mesh)
-    writer.write_scalars(step, {f'eval_{k}': v for k, v in eval_metrics.items()})
+    eval_metrics = run_eval()
   finally:
     watcher.__exit__()
     batches.close()

@@ -54,7 +54,8 @@ def _assert_trees_equal(a, b):
 def test_train_and_evaluate_writes_outputs(tmp_path, tiny_config):
   workdir = str(tmp_path)
   result = trainer.train_and_evaluate(
-      tiny_config(**{'fewshot.every_steps': 3, 'fewshot.shots': (1, 5), 'fewshot.seeds': 1}),
+      tiny_config(**{'fewshot.every_steps': 3, 'fewshot.shots': (1, 5), 'fewshot.seeds': 1,
+                     'log_attention_maps': 2, 'eval_every_steps': 3}),
       workdir)
   assert result['step'] == 6
   assert result['eval_num_examples'] == 360
@@ -65,7 +66,16 @@ def test_train_and_evaluate_writes_outputs(tmp_path, tiny_config):
   assert summary['final_metrics']['eval_loss'] == pytest.approx(result['eval_loss'])
   assert summary['config']['model']['variant'] == 'Mu/4'
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']
-  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  events = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tags = {}
+  for event in tf.compat.v1.train.summary_iterator(events[0]):
+    for value in event.summary.value:
+      tags.setdefault(value.tag, set()).add(event.step)
+  # Maps and token diagnostics at both evaluations (step 3 and the final one), few-shot too.
+  for tag in ('attention_maps', 'tokenlearner_0/entropy', 'tokenlearner_0/overlap',
+              'fewshot_1shot'):
+    assert tags.get(tag) == {3, 6}, (tag, tags.get(tag))
 
 
 def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, tiny_config,

@@ -39,24 +39,53 @@ def examples(data_cfg, split, num_examples):
   return np.stack(inputs[:num_examples])
 
 
-def render(experiment, params, inputs, out):
-  """Writes one figure per input and token_stats.json; returns the stats."""
-  model = build_model(experiment.model)
-  _, aux = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, inputs)
-  maps = [np.asarray(m) for m in aux['attention_maps']]
-  if not maps:
+def _figure(experiment, x, maps, title):
+  """The figure of one input `x` with its maps (one `[S, h, w]` / `[T', S, h, w]` per TL)."""
+  norm = dict(mean=experiment.data.mean, std=experiment.data.std)
+  if experiment.data.is_video:
+    return plots.video_attention_figure(x, maps[0], title=title, **norm)
+  return plots.image_attention_figure(x, maps, title=title, **norm)
+
+
+def _attention_maps(experiment):
+  """`(params, inputs) -> [maps of each TokenLearner]`, jitted; an error if the model has none."""
+  if not experiment.model.uses_tokenlearner:
     raise ValueError('The model has no TokenLearner (config.model.tokenlearner.num_tokens=0): '
                      'there are no maps to draw.')
+  model = build_model(experiment.model)
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)[1]['attention_maps'])
+
+
+def render(experiment, params, inputs, out):
+  """Writes one figure per input and token_stats.json; returns the stats."""
+  maps = [np.asarray(m) for m in _attention_maps(experiment)(params, inputs)]
   os.makedirs(out, exist_ok=True)
-  norm = dict(mean=experiment.data.mean, std=experiment.data.std)
   for i, x in enumerate(inputs):
     title = f'{experiment.model.name} {experiment.model.variant}, example {i}'
-    if experiment.data.is_video:
-      fig = plots.video_attention_figure(x, maps[0][i], title=title, **norm)
-    else:
-      fig = plots.image_attention_figure(x, [m[i] for m in maps], title=title, **norm)
-    plots.save(fig, os.path.join(out, f'example_{i}.png'))
+    plots.save(_figure(experiment, x, [m[i] for m in maps], title),
+               os.path.join(out, f'example_{i}.png'))
   stats = diagnostics.all_token_stats(maps)
   with open(os.path.join(out, 'token_stats.json'), 'w') as f:
     json.dump(stats, f, indent=2)
   return stats
+
+
+class TensorBoardMaps:
+  """The maps of the first `num_examples` eval inputs as TensorBoard images plus the token
+  diagnostics as scalars, at every evaluation (`config.log_attention_maps`); built once."""
+
+  def __init__(self, experiment, num_examples: int):
+    self._experiment = experiment
+    self._maps = _attention_maps(experiment)
+    self._inputs = examples(experiment.data, None, num_examples)
+
+  def __call__(self, params):
+    """(images {'attention_maps': uint8 [N, H, W, 3]}, scalars {'tokenlearner_k/...'})."""
+    maps = [np.asarray(m) for m in self._maps(params, self._inputs)]
+    figures = [_figure(self._experiment, x, [m[i] for m in maps], f'example {i}')
+               for i, x in enumerate(self._inputs)]
+    arrays = [plots.to_array(f) for f in figures]
+    h, w = max(a.shape[0] for a in arrays), max(a.shape[1] for a in arrays)
+    images = np.stack([np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1]), (0, 0)),
+                              constant_values=255) for a in arrays])
+    return {'attention_maps': images}, diagnostics.all_token_stats(maps)

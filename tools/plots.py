@@ -92,6 +92,14 @@ def video_attention_figure(clip, maps, *, mean, std, title=''):
   return fig
 
 
+def to_array(fig) -> np.ndarray:
+  """The rendered figure as uint8 `[H, W, 3]` (closed afterwards), e.g. for TensorBoard."""
+  fig.canvas.draw()
+  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return image
+
+
 def save(fig, path):
   fig.savefig(path)
   plt.close(fig)

@@ -49,6 +49,9 @@ class TrainConfig:
   checkpoint_every_steps: int = 0  # 0: only at the end
   keep_checkpoints: int = 3
   profile_steps: int = 0
+  # Eval examples whose TokenLearner maps (and token diagnostics) go to TensorBoard at every
+  # evaluation (Fig. 10; tools/attention_maps.py); 0: none.
+  log_attention_maps: int = 0
   # (regex on the parameter path, PartitionSpec as a tuple) pairs; the first match wins.
   sharding_rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
   num_classes: int = fields.derived(1)
@@ -82,7 +85,8 @@ class TrainConfig:
       raise ValueError('config.mean_per_class_accuracy needs single-label data, not '
                        f'config.loss={self.loss!r}')
     fields.check_int('config.log_every_steps', self.log_every_steps, 1)
-    for name in ('eval_every_steps', 'checkpoint_every_steps', 'profile_steps'):
+    for name in ('eval_every_steps', 'checkpoint_every_steps', 'profile_steps',
+                 'log_attention_maps'):
       fields.check_int(f'config.{name}', getattr(self, name))
     fields.check_int('config.keep_checkpoints', self.keep_checkpoints, 1)
     fields.check_int('config.num_classes', self.num_classes, 1)
