@@ -1,4 +1,4 @@
-r"""Writes videos as the sharded TFRecords the video reader trains on (`config.dataset.name='dmvr'`).
+r"""Writes videos as the sharded TFRecords the video reader trains on (`dataset.name='dmvr'`).
 
   python prepare_video_data.py --videos=/data/clips --out=/data/clips_tfr/train --fps=12 \
       --short_side=256 --shards=16

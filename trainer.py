@@ -215,7 +215,8 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
                    if experiment.fewshot.every_steps else None)
   map_logger = None
   if cfg.log_attention_maps:
-    from tools import attention_maps  # pylint: disable=g-import-not-at-top  # matplotlib: only here.
+    # matplotlib is imported only by runs that draw maps.
+    from tools import attention_maps  # pylint: disable=g-import-not-at-top
     map_logger = attention_maps.TensorBoardMaps(experiment, cfg.log_attention_maps)
 
   logging.info('Config:\n%s', config)

@@ -2,8 +2,8 @@ r"""Charades (§6.1.1, Table 10): ViViT-B/16 + TokenLearner (8 tokens) + TokenFu
 
 Multi-label: 157 classes, any number per video, sigmoid cross-entropy, mAP ("v1 classification",
 token_learner.train.losses.mean_average_precision, as the official devkit: videos without labels
-rank last in every class, classes without positives are skipped). 64 frames (12 fps, §6.1.1) at 224x224, tubelets
-2x16x16 -> 32 x 14 x 14 tokens; from layer 6 on, every layer is TokenLearner (8 tokens per temporal
+rank last in every class, classes without positives are skipped). 64 frames (12 fps, §6.1.1)
+at 224x224, tubelets 2x16x16 -> 32 x 14 x 14 tokens; from layer 6 on, every layer is TokenLearner (8 tokens per temporal
 slice: 256 tokens) -> Transformer block -> TokenFuser (Fig. 3(b), Fig. 8). Test views: 64-frame
 segments spread over the video, their responses merged (B.3) -- here 4 clips, probabilities
 averaged; test frames resized to 256 on the short side, centre crop 224 (§6.1.1 tests at 256).

@@ -15,7 +15,8 @@ one override away (tools/paper_table.py lists them), e.g. Table 2's "L/16 24+11,
 Fine-tuning at 384 (default) or 512 (`--config.dataset.image_size=512`) starts from
 (a) this project's ImageNet-21k pretraining (configs/imagenet21k_tokenlearner.py, same model):
 
-  python main.py --config=configs/imagenet_tokenlearner.py --workdir=/tmp/tl_ft_own     --config.init_from.path=/tmp/tl_i21k --config.init_from.kind=checkpoint
+  python main.py --config=configs/imagenet_tokenlearner.py --workdir=/tmp/tl_ft_own \
+    --config.init_from.path=/tmp/tl_i21k --config.init_from.kind=checkpoint
 
 (b) a public ViT `.npz` (vit_jax layout, e.g. gs://vit_models/imagenet21k/ViT-B_16.npz or
 ViT-L_16.npz, or the AugReg files such as gs://vit_models/augreg/
@@ -25,7 +26,9 @@ carried through the blocks before the TokenLearner, so they start exactly as in 
 TokenLearner and the head start fresh, the position embedding is resampled to the new grid as
 vit_jax / big_vision do:
 
-  python main.py --config=configs/imagenet_tokenlearner.py --workdir=/tmp/tl_ft_vit     --config.init_from.path=/data/vit_models/ViT-B_16.npz --config.init_from.kind=vit_npz     --config.model.classifier=token --config.dataset.image_size=384
+  python main.py --config=configs/imagenet_tokenlearner.py --workdir=/tmp/tl_ft_vit \
+    --config.init_from.path=/data/vit_models/ViT-B_16.npz --config.init_from.kind=vit_npz \
+    --config.model.classifier=token --config.dataset.image_size=384
 
 ImageNet (`imagenet2012`) must be prepared in the TFDS data_dir beforehand (manual download).
 With `--config.dataset.eval_name=imagenet2012_real` (TFDS, its 'validation' split) the eval also
