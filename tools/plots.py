@@ -103,3 +103,24 @@ def to_array(fig) -> np.ndarray:
 def save(fig, path):
   fig.savefig(path)
   plt.close(fig)
+
+
+def accuracy_vs_gflops_spread(path, title, points):
+  """Accuracy vs GFLOPs with each run's seeds: `points` {label: (gflops, [accuracy %, ...])}.
+
+  One dot per seed, the mean as a bar with the standard deviation as error bar, labelled."""
+  fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+  for i, (label, (gflops, accuracies)) in enumerate(points.items()):
+    color = f'C{i % 10}'
+    ax.scatter([gflops] * len(accuracies), accuracies, color=color, alpha=0.35, s=14)
+    std = float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0
+    ax.errorbar(gflops, float(np.mean(accuracies)), yerr=std, color=color, marker='o', capsize=4)
+    ax.annotate(label, (gflops, float(np.mean(accuracies))), textcoords='offset points',
+                xytext=(5, 4), fontsize=8)
+  ax.set_xlabel('GFLOPs (multiply-adds, one forward pass)')
+  ax.set_ylabel('test accuracy (%), mean +- std over seeds')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

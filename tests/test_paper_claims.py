@@ -1,0 +1,100 @@
+"""tools/paper_claims.py: the noise rule, the verdicts, and a tiny end-to-end report."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from tools import paper_claims as pc
+
+
+def stat(gflops, *accuracies):
+  return pc.Stat(gflops=gflops, accuracies=tuple(accuracies))
+
+
+def test_stat_and_tolerance_match_numpy():
+  a, b = stat(1.0, 0.90, 0.92, 0.97), stat(2.0, 0.80, 0.81)
+  assert a.mean == pytest.approx(np.mean([0.90, 0.92, 0.97]))
+  assert a.std == pytest.approx(np.sqrt(np.sum((np.array([0.90, 0.92, 0.97]) - a.mean) ** 2) / 2))
+  assert pc.tolerance(a, b) == pytest.approx(math.hypot(a.std, b.std))
+  # One seed: no spread, so the 0.5-point floor decides.
+  assert pc.tolerance(stat(1, 0.9), stat(1, 0.8)) == 0.005
+  assert pc.compare(stat(1, 0.903), stat(1, 0.900)) == 0
+  assert pc.compare(stat(1, 0.91), stat(1, 0.90)) == 1
+  assert pc.compare(stat(1, 0.89), stat(1, 0.90)) == -1
+
+
+def test_verdicts_follow_the_numbers():
+  assert pc.pooling_verdict({'tokenlearner': stat(1, .95, .96), 'spatial_pool': stat(1, .90, .91)})[0]
+  # A gain inside the seeds' spread is not a win.
+  assert not pc.pooling_verdict({'tokenlearner': stat(1, .95, .99),
+                                 'spatial_pool': stat(1, .94, .97)})[0]
+  base = {'tokenfuser': stat(2, .95), 'unpool': stat(2, .90), 'reprojection': stat(3, .95),
+          'no_fuser': stat(1, .94)}
+  assert pc.fuser_verdict(base)[0]
+  assert not pc.fuser_verdict({**base, 'unpool': stat(2, .97)})[0]
+  video = {'vivit': stat(10, .91, .92), 'tl8_loc1': stat(4, .88, .89), 'tl8_loc2': stat(7, .95)}
+  agrees, sentence = pc.video_verdict(video)
+  assert not agrees and 'tl8_loc1' in sentence  # loc2 costs 0.7x: not a candidate.
+  video['tl8_loc2'] = stat(6, .915, .92)
+  assert pc.video_verdict(video)[0]
+  locations = {'vit': stat(4, .95), 'loc0': stat(1, .85), 'loc1': stat(2, .90),
+               'loc2': stat(3, .948), 'loc3': stat(3.5, .96)}
+  assert pc.location_verdict(locations)[0]  # loc2 (0.75x) within noise of ViT, later is better.
+  assert not pc.location_verdict({**locations, 'loc2': stat(3, .93)})[0]
+  tokens = {'tokens4': stat(1, .90), 'tokens8': stat(1.1, .93), 'tokens16': stat(1.2, .932)}
+  assert pc.tokens_verdict(tokens)[0]
+  assert not pc.tokens_verdict({**tokens, 'tokens16': stat(1.2, .96)})[0]
+
+
+def test_parse_args_rejects_unknown_claims():
+  with pytest.raises(SystemExit):
+    pc.parse_args(['--out=/tmp/x', '--only=pooling,colour'])
+  _, claims = pc.parse_args(['--out=/tmp/x', '--only=video'])
+  assert [c.key for c in claims] == ['video']
+
+
+def test_run_config_applies_overrides_and_schedule():
+  claim = dict((c.key, c) for c in pc.CLAIMS)['pooling']
+  config = pc.run_config(claim, dict(claim.runs)['spatial_pool'], seed=2, steps=40)
+  assert (config.seed, config.num_train_steps, config.warmup_steps) == (2, 40, 4)
+  assert tuple(map(tuple, config.model.spatial_pooling)) == ((1, 2),)
+  assert config.model.tokenlearner.num_tokens == 0
+
+
+def test_report_end_to_end(tmp_path):
+  """Two runs x one seed of 2 steps, then the report reads back their summaries."""
+  pooling = [c for c in pc.CLAIMS if c.key == 'pooling']
+  workdir, out = str(tmp_path / 'runs'), str(tmp_path / 'docs')
+  root = lambda run: pc.run_dir(workdir, pooling[0], run, 2)
+  assert root('tokenlearner') != root('spatial_pool')
+  first = pc.summary_path(root('tokenlearner'), 0)
+  os.makedirs(os.path.dirname(first))
+  with open(first, 'w') as f:
+    json.dump({'gflops': 1.0, 'final_metrics': {'eval_accuracy': 0.5}, 'wall_time_s': 1.0}, f)
+  with pytest.raises(FileNotFoundError, match='spatial_pool seed 0'):
+    pc.collect(pooling[0], workdir, seeds=1, steps_override=2)
+  os.remove(first)
+  pc.train_all(pooling, workdir, seeds=1, steps_override=2, log=lambda _: None)
+  verdicts = pc.write_report(out, pooling, workdir, seeds=1, steps_override=2)
+  report = open(os.path.join(out, 'paper_claims.md')).read()
+  for run in ('tokenlearner', 'spatial_pool'):
+    with open(pc.summary_path(root(run), 0)) as f:
+      summary = json.load(f)
+    assert summary['steps'] == 2
+    row = (f"| {run} | {summary['gflops']:.4f} | "
+           f"{100 * summary['final_metrics']['eval_accuracy']:.2f} |")
+    assert row in report
+  assert os.path.getsize(os.path.join(out, 'paper_claims_pooling.png')) > 1000
+  assert verdicts[0][0] == 'pooling' and verdicts[0][2] in report
+  assert '2 runs' in report and '2 steps' in report
+
+
+def test_equal_configs_share_one_run_directory():
+  claims = {c.key: c for c in pc.CLAIMS}
+  same = pc.run_dir('/w', claims['tokens'], 'tokens8', 600)
+  assert same == pc.run_dir('/w', claims['location'], 'loc1', 600)
+  assert same == pc.run_dir('/w', claims['fuser'], 'no_fuser', 600)
+  assert same != pc.run_dir('/w', claims['tokens'], 'tokens8', 500)
+  assert same != pc.run_dir('/w', claims['tokens'], 'tokens16', 600)
