@@ -209,6 +209,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     cfg = experiment.train.for_run(num_train_examples=info.num_train, num_devices=mesh.size,
                                    num_processes=jax.process_count())
     _check_dataset(experiment, info)
+    data.check_run(data_cfg, batch_size=cfg.batch_size, process_count=jax.process_count())
     pretrained.check_path(experiment.init)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   eval_input = data.eval_input(data_cfg, batch_size=cfg.eval_batch_size, **process)
