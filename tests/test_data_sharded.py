@@ -134,9 +134,10 @@ def test_resume_is_exact_per_process(cfg, start_step):
 
 
 def test_read_shards_must_fit_processes_and_batch(cfg):
-  with pytest.raises(ValueError, match=r'config.dataset.read_shards=3 must be 1 .* multiple of the process count'):
+  with pytest.raises(ValueError,
+                     match=r'config.dataset.read_shards=3 must be 1 .* multiple of the process'):
     data.check_run(dataclasses.replace(cfg, read_shards=3), batch_size=8, process_count=2)
-  with pytest.raises(ValueError, match=r'config.dataset.read_shards=16 .* divides config.batch_size=8'):
+  with pytest.raises(ValueError, match=r'read_shards=16 .* divides config.batch_size=8'):
     data.check_run(dataclasses.replace(cfg, read_shards=16), batch_size=8, process_count=2)
   with pytest.raises(ValueError, match='config.dataset.read_shards'):
     data.from_dict(dict(name='digits', read_shards=0))
