@@ -52,7 +52,7 @@ def evaluate_checkpoint(config, workdir: str, step=None, split=None, fewshot=Fal
   path = workdir if step is None else os.path.join(workdir, checkpoints.CHECKPOINTS, str(step))
   item = checkpoints.item_dir(path)
   step = int(re.search(r'(\d+)(/[^/]*)?$', item.rstrip('/')).group(1))
-  mesh = sharding.create_mesh()
+  mesh = sharding.create_mesh(mesh_shape=experiment.train.mesh_shape)
   info = data.dataset_info(data_cfg)
   cfg = experiment.train.for_run(num_train_examples=info.num_train, num_devices=mesh.size,
                                  num_processes=jax.process_count())
@@ -60,7 +60,7 @@ def evaluate_checkpoint(config, workdir: str, step=None, split=None, fewshot=Fal
   tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
   init_rng, _ = sharding.replicated_keys(cfg.seed, mesh)
   abstract, shardings = sharding.abstract_train_state(
-      init_rng, model, tx, experiment.model.input_shape, mesh, cfg.sharding_rules)
+      init_rng, model, tx, experiment.model.input_shape, mesh, sharding.rules_of(cfg))
   params = sharding.place(checkpoints.restore_params(item), shardings.params, abstract.params)
   eval_step = trainer.compile_eval_step(model, cfg, mesh, shardings.params, data_cfg.is_video)
   eval_input = data.eval_input(data_cfg, batch_size=cfg.eval_batch_size,

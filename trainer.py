@@ -6,10 +6,12 @@ in small modules: the config boundary `token_learner.experiment`, the input
 `token_learner.data`, and `token_learner.train.{config, losses, optim, sharding, checkpoints,
 logger}`.
 
-One jitted, pure `train_step(state, batch, rng) -> (state, metrics)` runs over a 1-D device mesh
-(axis 'data') with donated state; the same code runs on one device, on 8 simulated CPU devices
-and on several processes (global batches are assembled from each process's rows). Parameters are
-data parallel (replicated) unless `config.sharding_rules` shards them FSDP-style.
+One jitted, pure `train_step(state, batch, rng) -> (state, metrics)` runs over a ('data',
+'model') device mesh (`config.mesh_shape`) with donated state; the same code runs on one device,
+on 8 simulated CPU devices and on several processes (global batches are assembled from each
+process's rows, split over 'data'). Parameters are data parallel (replicated) unless
+`config.sharding` / `config.sharding_rules` shard them (FSDP over 'data', tensor parallel over
+'model'; token_learner.train.sharding).
 
 Resuming is exact: the state (params, optimizer state, step) is checkpointed with orbax, per-step
 randomness is `fold_in(base_rng, step)`, and the input restarts at batch `step`, so a run killed
@@ -203,10 +205,11 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     experiment = experiment_lib.from_config(config)
     model_cfg, data_cfg = experiment.model, experiment.data
     info = data.dataset_info(data_cfg)
-    mesh = sharding.create_mesh(devices)
+    mesh = sharding.create_mesh(devices, experiment.train.mesh_shape)
     cfg = experiment.train.for_run(num_train_examples=info.num_train, num_devices=mesh.size,
                                    num_processes=jax.process_count())
     _check_dataset(experiment, info)
+    data.check_run(data_cfg, batch_size=cfg.batch_size, process_count=jax.process_count())
     pretrained.check_path(experiment.init)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   eval_input = data.eval_input(data_cfg, batch_size=cfg.eval_batch_size, **process)
@@ -226,7 +229,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
   init_rng, dropout_rng = sharding.replicated_keys(cfg.seed, mesh)
 
   abstract_state, state_shardings = sharding.abstract_train_state(
-      init_rng, model, tx, model_cfg.input_shape, mesh, cfg.sharding_rules)
+      init_rng, model, tx, model_cfg.input_shape, mesh, sharding.rules_of(cfg))
   checkpoints.check_writable(workdir, sum(x.size * x.dtype.itemsize
                                           for x in jax.tree.leaves(abstract_state)))
   manager = checkpoints.manager(workdir, cfg.keep_checkpoints)
@@ -235,7 +238,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
   run = restored.get('run', {})  # What the reports need from the processes before this one.
   if state is None:
     state, _ = sharding.create_train_state(init_rng, model, tx, model_cfg.input_shape, mesh,
-                                           cfg.sharding_rules)
+                                           sharding.rules_of(cfg))
     if experiment.init.path:
       loaded = pretrained.init_from(sharding.to_host(state.params), experiment.init, model_cfg)
       state = state.replace(params=sharding.like(loaded, state.params))

@@ -36,13 +36,13 @@ def main(argv):
   run = experiment.from_config(FLAGS.config)
   model_cfg = run.model
   devices = jax.devices()[:FLAGS.num_devices or None]
-  mesh = sharding.create_mesh(devices)
+  mesh = sharding.create_mesh(devices, run.train.mesh_shape)
   cfg = run.train.for_run(num_train_examples=10 ** 6, num_devices=mesh.size)
   model = build_model(model_cfg)
   tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
   init_rng, rng = sharding.replicated_keys(cfg.seed, mesh)
   state, shardings = sharding.create_train_state(init_rng, model, tx, model_cfg.input_shape,
-                                                 mesh, cfg.sharding_rules)
+                                                 mesh, sharding.rules_of(cfg))
   step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
   batch = {'inputs': jnp.zeros((cfg.batch_size, *model_cfg.input_shape), jnp.float32),
            'labels': jnp.zeros((cfg.batch_size,), jnp.int32)}

@@ -25,7 +25,7 @@ from token_learner.data.stream import BatchIterator, EvalInput
 DataConfig = Union[ImageData, VideoData]
 
 __all__ = ['BatchIterator', 'DataConfig', 'DatasetInfo', 'EvalInput', 'ImageData', 'Prefetcher',
-           'VIDEO_NAMES', 'VideoData', 'dataset_info', 'eval_input', 'from_dict',
+           'VIDEO_NAMES', 'VideoData', 'check_run', 'dataset_info', 'eval_input', 'from_dict',
            'make_global_batch',
            'train_iterator']
 
@@ -39,6 +39,13 @@ def _module(cfg: DataConfig):
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
   """Class count, split sizes, example shape, eval views: from metadata, before any batch."""
   return _module(cfg).dataset_info(cfg)
+
+
+def check_run(cfg: DataConfig, *, batch_size: int, process_count: int):
+  """The dataset options that depend on the run's topology (`read_shards`): a ValueError naming
+  the field, before anything is read or compiled."""
+  if not cfg.is_video:
+    cfg.num_read_shards(batch_size, process_count)
 
 
 def train_iterator(cfg: DataConfig, *, seed: int, batch_size: int, start_step: int = 0,

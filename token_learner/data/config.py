@@ -113,6 +113,13 @@ class ImageData(_Data):
   skip_corrupt: bool = False  # Drop undecodable images (scanned once) instead of failing.
   shuffle_buffer: int = 10_000  # TFDS: the seeded per-epoch shuffle of the record stream.
   per_process_split: bool = False  # TFDS / in-memory: each process reads its own part.
+  # TFDS train split: read as this many contiguous shards, each shuffled by its own seeded
+  # buffer; batch rows come in `read_shards` blocks, block s from shard s, and each of P
+  # processes reads read_shards / P shards (1/P of the records). Batches depend on
+  # `read_shards`, not on P: a fixed value (a multiple of every P used) keeps them the same
+  # across process counts. None: P (each process reads 1/P; batches depend on P). 1: one
+  # stream that every process reads whole (batches independent of P).
+  read_shards: Optional[int] = None
   # TFDS: the dataset of eval_split when it is not `name`, e.g. 'imagenet2012_real' (its
   # 'validation' split: ImageNet val with ReaL labels; the trainer then reports real_accuracy).
   eval_name: Optional[str] = None
@@ -128,11 +135,24 @@ class ImageData(_Data):
     for field in ('skip_corrupt', 'per_process_split'):
       _check_type(field, getattr(self, field), bool)
     fields.check_int(f'{WHERE}.shuffle_buffer', self.shuffle_buffer, 1)
+    if self.read_shards is not None:
+      fields.check_int(f'{WHERE}.read_shards', self.read_shards, 1)
     if self.source == 'image_folder':
       if not self.root:
         raise ValueError(f"{WHERE}.root must be set when {WHERE}.name='image_folder'.")
       if not os.path.isdir(self.root):
         raise FileNotFoundError(f'{WHERE}.root={self.root!r} is not a directory.')
+
+  def num_read_shards(self, global_batch: int, process_count: int) -> int:
+    """`read_shards` resolved for a run (1 where it does not apply); errors name the field."""
+    if self.source != 'tfds' or self.per_process_split:
+      return 1
+    k = process_count if self.read_shards is None else self.read_shards
+    if k > 1 and (k % process_count or global_batch % k):
+      raise ValueError(f'{WHERE}.read_shards={k} must be 1 (one stream, read whole by every '
+                       f'process) or a multiple of the process count ({process_count}) that '
+                       f'divides config.batch_size={global_batch}')
+    return k
 
   @property
   def source(self) -> str:

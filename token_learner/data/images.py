@@ -5,9 +5,13 @@ download), 'image_folder' (`ROOT/<split>/<class>/*.png|jpg|jpeg`; labels index t
 class folders) or any TFDS name with 'image' and 'label' features (a record stream, shuffled by a
 buffer seeded per epoch). Splits accept the TFDS slicing syntax ('train[:90%]') everywhere.
 
+Reading at scale: with random access (digits, image_folder) every process reads only the records
+of its rows. A TFDS train split is read as `config.dataset.read_shards` (default: the process
+count P) contiguous shards, each process reading only its K/P of them, so 1/P of the records
+(see `stream`); read_shards=1 is the single global stream, which every process reads whole.
 `config.dataset.per_process_split=True` gives each process its own contiguous part of the split
-(`tfds.split_for_jax_process` for TFDS), which reads 1/P of the data but makes the batches depend
-on the process count; by default every process reads every record and decodes only its rows.
+(`tfds.split_for_jax_process` for TFDS) with its own seeds, for the eval split as well; the eval
+split is otherwise read whole by every process, which decodes only its rows.
 
 Augmentation (training): an Inception crop of [crop_min_area, 1] of the area, resized to
 image_size, and a random horizontal flip; digits instead get a shift of up to 1/8 of the side and
@@ -222,6 +226,29 @@ def _tfds_source(cfg: ImageData, builder, split) -> _ImageSource:
       records=lambda: ds, shuffle_buffer=cfg.shuffle_buffer)
 
 
+def _tfds_shards(cfg: ImageData, source: _ImageSource, num_shards: int, process_index: int,
+                 process_count: int) -> list:
+  """[(s, source of shard s)] of this process's consecutive shards of the train split (the
+  split's `num_shards` contiguous `tfds.even_splits`; only these are ever read)."""
+  builder = _tfds_builder(cfg)
+  splits = tfds.even_splits(cfg.train_split, num_shards)
+  sizes = [_tfds_count(builder, split) for split in splits]
+  if sum(sizes) != source.num_examples:
+    raise ValueError(f'{source.description}: its {num_shards} even splits hold {sum(sizes)} '
+                     f'records, not {source.num_examples}')
+  starts = np.cumsum([0] + sizes)
+  per_process = num_shards // process_count
+  shards = []
+  for s in range(process_index * per_process, (process_index + 1) * per_process):
+    shard = _tfds_source(cfg, builder, splits[s])
+    shard.description = f'{source.description} shard {s} of {num_shards}'
+    if source.keep is not None:  # Corrupt records dropped from the whole split.
+      keep = source.keep[(source.keep >= starts[s]) & (source.keep < starts[s + 1])]
+      shard.keep = keep - starts[s]
+    shards.append((s, shard))
+  return shards
+
+
 def _process_split(split, process_index, process_count):
   """The split string of one process's part under per_process_split (TFDS)."""
   return tfds.split_for_jax_process(split, process_index=process_index,
@@ -385,11 +412,15 @@ def train_iterator(cfg: ImageData, *, seed: int, start_step: int, global_batch: 
     # Each process streams its own part, with its own seeds.
     seed, global_batch, row_block = seed * 1_000_003 + process_index, local_batch, 0
   num_skipped = _drop_corrupt(source) if cfg.skip_corrupt else 0
+  num_shards = cfg.num_read_shards(global_batch, process_count)
+  shards = (_tfds_shards(cfg, source, num_shards, process_index, process_count)
+            if num_shards > 1 else [])
   process = _processor(source, cfg, seed if cfg.augment else None)
   check, scan = _checks(source)
   return stream.train_batches(
       source, process, check, seed=seed, start_step=start_step, global_batch=global_batch,
-      local_batch_size=local_batch, row_block=row_block, num_skipped=num_skipped, fallback=scan)
+      local_batch_size=local_batch, row_block=row_block, num_skipped=num_skipped, fallback=scan,
+      shards=shards, num_shards=num_shards)
 
 
 def eval_input(cfg: ImageData, *, global_batch: int, local_batch: int, process_index: int,

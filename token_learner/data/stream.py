@@ -9,9 +9,14 @@ clip start) with stateless ops seeded by (seed, q). A batch is therefore a pure 
 straight to epoch q // n and skips that epoch's first q % n records without reading (random
 access) or decoding (streams) them.
 
-Processes: every process builds the same global stream of *undecoded* records and keeps the rows
-(q % batch_size) // L == process_index before decoding, so process p's batch is rows
-[p*L, (p+1)*L) of the global batch, L = batch_size // process_count.
+Processes: process p's batch is rows [p*L, (p+1)*L) of the global batch, L = batch_size //
+process_count. With random access every process builds the same global stream of keys and reads
+only its rows (q % batch_size) // L == p. A record stream (TFDS) is read as K contiguous
+*shards* instead (`sharded_train_records`): shard s is an endless stream of its own epochs (seeded
+order per (epoch, shard)) and fills rows [s*B/K, (s+1)*B/K) of every batch, so process p reads
+only its K/P shards, 1/P of the records; stream position q = step * B + row is kept for the
+augmentation seeds, and `start_step=k` starts every shard at its position k * B/K. With K = 1
+this is the global stream above. Batches depend on K, not on P.
 
 Eval: the split in its fixed order, rows sliced per process the same way, then padded with
 mask-0 examples (zero inputs and labels) to ceil(n / eval_batch_size) batches on every process,
@@ -20,7 +25,7 @@ so every example appears exactly once over all processes and all processes step 
 import dataclasses
 import math
 import numbers
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -190,6 +195,32 @@ def train_records(source: Source, seed: int, step: int, global_batch: int,
   return source.read(ds.filter(_keeps_row(global_batch, local_batch_size, row_block)))
 
 
+def sharded_train_records(shards, num_shards: int, seed: int, step: int,
+                          global_batch: int) -> tf.data.Dataset:
+  """Endless (q, index, where, *payload) of this process's rows from batch `step`, reading only
+  `shards`: [(s, Source of shard s)] for consecutive s, of `num_shards` shards of a stream."""
+  block = global_batch // num_shards
+
+  def shard_stream(s, shard):
+    n, start = shard.size, step * block
+
+    def epoch(e):
+      offset = tf.maximum(start - e * n, 0)
+      t = tf.data.Dataset.range(e * n + offset, (e + 1) * n)  # The shard's own positions.
+      q = t.map(lambda t: t // block * global_batch + s * block + t % block)
+      # Seeds (epoch e, shard s) -> e * K + s: distinct per shard, and e itself for K = 1.
+      return tf.data.Dataset.zip(q, shard.keys(e * num_shards + s, offset, seed)).map(
+          lambda q, r: (q, *r))
+    first = start // n
+    return tf.data.Dataset.range(first, np.iinfo(np.int64).max // n).flat_map(epoch)
+
+  blocks = tf.data.Dataset.zip(tuple(shard_stream(s, shard).batch(block, drop_remainder=True)
+                                     for s, shard in shards))
+  # One block per shard, in shard order: this process's L rows of a batch.
+  concat = lambda *blocks: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *blocks)
+  return blocks.map(concat).unbatch()
+
+
 def eval_records(source: Source, global_batch: int, local_batch_size: int,
                  row_block: int) -> tf.data.Dataset:
   """(q, index, where, *payload) of this process's rows of the eval split, in order."""
@@ -250,12 +281,21 @@ def _diagnose(records: tf.data.Dataset, check: Callable, fallback: Optional[Call
 
 def train_batches(source: Source, process: Callable, check: Callable, *, seed: int,
                   start_step: int, global_batch: int, local_batch_size: int, row_block: int,
-                  num_skipped: int = 0, fallback: Optional[Callable] = None) -> BatchIterator:
-  """Batches of `process(q, index, where, *payload) -> dict` over the train stream."""
+                  num_skipped: int = 0, fallback: Optional[Callable] = None,
+                  shards: Sequence[Tuple[int, Source]] = (),
+                  num_shards: int = 1) -> BatchIterator:
+  """Batches of `process(q, index, where, *payload) -> dict` over the train stream; with
+  `shards` ([(s, Source)]: this process's of `num_shards`), read from those shards only."""
   if source.size == 0:
     raise ValueError(f'{source.description} has no usable examples.')
-  records = lambda step: train_records(source, seed, step, global_batch, local_batch_size,
-                                       row_block)
+  for _, shard in shards:
+    if shard.size == 0:
+      raise ValueError(f'{shard.description} has no usable examples.')
+
+  def records(step):
+    if shards:
+      return sharded_train_records(shards, num_shards, seed, step, global_batch)
+    return train_records(source, seed, step, global_batch, local_batch_size, row_block)
   ds = records(start_step).map(process, num_parallel_calls=AUTOTUNE)
   ds = with_options(ds.batch(local_batch_size, drop_remainder=True))
 

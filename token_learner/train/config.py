@@ -17,6 +17,8 @@ LR_SCHEDULES = ('cosine', 'linear')
 LOSSES = ('softmax_xent', 'sigmoid_xent')
 MULTI_LABEL_LOSSES = ('sigmoid_xent',)
 VIEW_AVERAGES = ('logits', 'probs')
+SHARDINGS = ('replicated', 'fsdp', 'tp', 'fsdp_tp')  # token_learner.train.sharding.RULE_SETS
+MESH_AXES = ('data', 'model')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,13 @@ class TrainConfig:
   # Eval examples whose TokenLearner maps (and token diagnostics) go to TensorBoard at every
   # evaluation (Fig. 10; tools/attention_maps.py); 0: none.
   log_attention_maps: int = 0
-  # (regex on the parameter path, PartitionSpec as a tuple) pairs; the first match wins.
+  # Device mesh (data, model) sizes; -1: the rest. Batches are split over 'data' only.
+  mesh_shape: Tuple[int, int] = (-1, 1)
+  # Named rule set (SHARDINGS): 'replicated' (data parallel), 'fsdp' (big parameters and their
+  # optimizer state over 'data'), 'tp' (Megatron tensor parallel over 'model') or 'fsdp_tp'.
+  sharding: str = 'replicated'
+  # (regex on the parameter path, PartitionSpec as a tuple) pairs, tried before the set's rules;
+  # the first match wins.
   sharding_rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
   num_classes: int = fields.derived(1)
 
@@ -90,6 +98,8 @@ class TrainConfig:
       fields.check_int(f'config.{name}', getattr(self, name))
     fields.check_int('config.keep_checkpoints', self.keep_checkpoints, 1)
     fields.check_int('config.num_classes', self.num_classes, 1)
+    fields.set_field(self, 'mesh_shape', _mesh_shape(self.mesh_shape))
+    fields.check_choice('config.sharding', self.sharding, SHARDINGS)
     fields.set_field(self, 'sharding_rules', _sharding_rules(self.sharding_rules))
 
   @property
@@ -117,6 +127,16 @@ class TrainConfig:
     return dataclasses.replace(self, num_train_steps=steps)
 
 
+def _mesh_shape(shape) -> Tuple[int, int]:
+  ok = (isinstance(shape, (tuple, list)) and len(shape) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and (s == -1 or s >= 1)
+                for s in shape) and list(shape).count(-1) <= 1)
+  if not ok:
+    raise ValueError(f'config.mesh_shape={shape!r} must be (data, model): two ints >= 1, at '
+                     'most one of them -1 (the rest of the devices), e.g. (-1, 4)')
+  return tuple(shape)
+
+
 def _sharding_rules(rules) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
   out = []
   for rule in rules or ():
@@ -128,5 +148,11 @@ def _sharding_rules(rules) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
       re.compile(rule[0])
     except re.error as e:
       raise ValueError(f'config.sharding_rules regex {rule[0]!r}: {e}') from None
-    out.append((rule[0], tuple(tuple(a) if isinstance(a, list) else a for a in rule[1])))
+    spec = tuple(tuple(a) if isinstance(a, list) else a for a in rule[1])
+    for axes in spec:
+      for axis in (axes if isinstance(axes, tuple) else (axes,)):
+        if axis is not None and axis not in MESH_AXES:
+          raise ValueError(f'config.sharding_rules entry {rule!r}: mesh axis {axis!r} is not '
+                           f'one of {MESH_AXES}')
+    out.append((rule[0], spec))
   return tuple(out)

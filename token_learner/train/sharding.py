@@ -1,14 +1,22 @@
 """The device mesh, partition rules and the train state, created directly in its shards.
 
-Parameters are data parallel (replicated) unless a `(regex, PartitionSpec tuple)` rule of
-`config.sharding_rules` matches their path (FSDP-style sharding over the 'data' axis); optimizer
-state follows its parameter. The state is created sharded, big_vision's way: `jax.eval_shape`
-of the init -> shardings from the abstract tree -> `jax.jit(init, out_shardings=...)`.
+The mesh is 2-D, axes ('data', 'model') of sizes `config.mesh_shape`; batch rows are split over
+'data' and replicated over 'model'. A parameter's PartitionSpec comes from the first
+`(regex, PartitionSpec tuple)` rule that matches its path: `config.sharding_rules`, then the
+rules of the named set `config.sharding` ('tp', 'fsdp_tp': Megatron-style tensor parallelism
+over 'model', `TP_RULES`); a rule whose axes do not divide the shape leaves it replicated. The
+sets 'fsdp' and 'fsdp_tp' then also shard every parameter of at least `FSDP_MIN_SIZE` elements
+over 'data' on its largest free dimension that 'data' divides (ZeRO-3 / FSDP: gathered for the
+forward pass by XLA, gradients reduce-scattered). Optimizer state follows its parameter (its
+paths end with the parameter's path and its moments have its shape).
+
+The state is created sharded, big_vision's way: `jax.eval_shape` of the init -> shardings from
+the abstract tree -> `jax.jit(init, out_shardings=...)`.
 """
 import functools
 import math
 import re
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -29,12 +37,58 @@ class TrainState:
   opt_state: Any
 
 
-def create_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (default: all devices of all processes)."""
+AXES = ('data', 'model')
+FSDP_MIN_SIZE = 2 ** 12  # Elements: matrices are sharded, biases and LayerNorm scales are not.
+# Megatron-LM (Shoeybi et al. 2019) over 'model': q/k/v kernels [C, heads, head_dim] split by
+# heads (column parallel), the output kernel [heads, head_dim, C] by heads (row parallel); the
+# MLP's first kernel [C, M] by columns, its second [M, C] by rows. One all-reduce per block.
+_ATTENTION = r'MultiHeadDotProductAttention[^/]*/'
+TP_RULES = (
+    (_ATTENTION + r'(query|key|value)/kernel$', (None, 'model', None)),
+    (_ATTENTION + r'(query|key|value)/bias$', ('model', None)),
+    (_ATTENTION + r'out/kernel$', ('model', None, None)),
+    (r'MlpBlock[^/]*/Dense_0/kernel$', (None, 'model')),
+    (r'MlpBlock[^/]*/Dense_0/bias$', ('model',)),
+    (r'MlpBlock[^/]*/Dense_1/kernel$', ('model', None)),
+)
+# config.sharding -> (rules after config.sharding_rules, FSDP over 'data').
+RULE_SETS = {'replicated': ((), False), 'fsdp': ((), True), 'tp': (TP_RULES, False),
+             'fsdp_tp': (TP_RULES, True)}
+
+
+class Rules(NamedTuple):
+  """How parameters are partitioned: `(regex, spec)` rules, first match wins; then FSDP."""
+  rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
+  fsdp: bool = False
+
+
+def rules_of(cfg) -> Rules:
+  """The Rules of a TrainConfig: its explicit `sharding_rules`, then its named set's."""
+  rules, fsdp = RULE_SETS[cfg.sharding]
+  return Rules(tuple(cfg.sharding_rules) + rules, fsdp)
+
+
+def mesh_axis_sizes(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int, int]:
+  """(data, model) sizes: `mesh_shape` with its -1 (if any) resolved to fill `num_devices`."""
+  known = math.prod(s for s in mesh_shape if s != -1)
+  sizes = tuple(num_devices // known if s == -1 else s for s in mesh_shape)
+  if num_devices % known or math.prod(sizes) != num_devices:
+    raise ValueError(f'config.mesh_shape={tuple(mesh_shape)} (data, model) does not fit the '
+                     f'{num_devices} devices: the sizes must multiply to {num_devices} (-1: '
+                     'the rest)')
+  return sizes
+
+
+def create_mesh(devices: Optional[Sequence[jax.Device]] = None,
+                mesh_shape: Sequence[int] = (-1, 1)) -> jax.sharding.Mesh:
+  """A ('data', 'model') mesh of `mesh_shape` over `devices` (default: all devices of all
+  processes). Devices are taken in order, so a 'model' group is consecutive devices: one host's
+  when 'model' divides the local device count (tensor parallelism talks the most)."""
   devices = jax.devices() if devices is None else list(devices)
   if jax.process_count() > 1 and len(devices) != jax.device_count():
     raise ValueError('a multi-process run must use all devices')
-  return jax.sharding.Mesh(np.asarray(devices), ('data',))
+  sizes = mesh_axis_sizes(mesh_shape, len(devices))
+  return jax.sharding.Mesh(np.asarray(devices).reshape(sizes), AXES)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -67,12 +121,29 @@ def partition_spec(path: str, shape: Tuple[int, ...], mesh: jax.sharding.Mesh,
   return P()
 
 
+def with_fsdp(spec: P, shape: Tuple[int, ...], mesh: jax.sharding.Mesh) -> P:
+  """`spec` plus 'data' on the largest dimension it leaves free and 'data' divides, for
+  arrays of at least FSDP_MIN_SIZE elements; `spec` itself otherwise."""
+  data = mesh.shape['data']
+  axes = list(spec) + [None] * (len(shape) - len(spec))
+  used = {a for entry in axes for a in (entry if isinstance(entry, tuple) else (entry,))}
+  free = [d for d, size in enumerate(shape) if axes[d] is None and size % data == 0]
+  if data == 1 or math.prod(shape) < FSDP_MIN_SIZE or 'data' in used or not free:
+    return spec
+  axes[max(free, key=lambda d: shape[d])] = 'data'  # The first of equally large ones.
+  return P(*axes)
+
+
 def tree_shardings(abstract_tree, mesh: jax.sharding.Mesh, rules) -> Any:
-  """NamedShardings for every leaf of `abstract_tree` (arrays or ShapeDtypeStructs)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(
-          mesh, partition_spec(tree.key_path_str(path), x.shape, mesh, rules)),
-      abstract_tree)
+  """NamedShardings for every leaf of `abstract_tree` (arrays or ShapeDtypeStructs); `rules` is
+  a Rules or a plain sequence of (regex, spec) rules."""
+  rules = rules if isinstance(rules, Rules) else Rules(tuple(rules))
+
+  def spec(path, x):
+    out = partition_spec(tree.key_path_str(path), x.shape, mesh, rules.rules)
+    return with_fsdp(out, x.shape, mesh) if rules.fsdp else out
+  return jax.tree_util.tree_map_with_path(lambda path, x: NamedSharding(mesh, spec(path, x)),
+                                          abstract_tree)
 
 
 def sharded_paths(params) -> dict:
