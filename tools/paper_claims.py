@@ -41,6 +41,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from token_learner import tree  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 DIGITS, VIDEO = 'configs.digits_tokenlearner', 'configs.moving_digits_vivit'
 DIGITS_STEPS = 600
 TL = 'model.tokenlearner.'
@@ -205,11 +207,13 @@ def run_config(claim: Claim, overrides: Dict, seed: int, steps: Optional[int]):
 
 
 def run_dir(workdir: str, claim: Claim, run: str, steps: Optional[int]) -> str:
-  """WORKDIR/<config>_<hash of the full config>: runs with equal configs (e.g. the same
-  TokenLearner in two claims) are trained once and shared."""
-  overrides = dict(claim.runs)[run]
-  config = run_config(claim, overrides, seed=0, steps=steps)
-  digest = hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:10]
+  """WORKDIR/<config>_<hash>: the hash is of the run's differences from its base config, so runs
+  with equal configs (e.g. the same TokenLearner in two claims) are trained once and shared."""
+  flat = lambda c: dict(tree.flatten(c.to_dict(), sep='.'))
+  base = flat(importlib.import_module(claim.config).get_config())
+  config = flat(run_config(claim, dict(claim.runs)[run], seed=0, steps=steps))
+  diff = {k: config.get(k) for k in set(base) | set(config) if base.get(k) != config.get(k)}
+  digest = hashlib.sha1(json.dumps(diff, sort_keys=True, default=str).encode()).hexdigest()[:10]
   return os.path.join(workdir, f'{claim.config.split(".")[-1]}_{digest}')
 
 
