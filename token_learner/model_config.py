@@ -30,6 +30,7 @@ FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
 DTYPES = ('float32', 'bfloat16', 'float16')
+ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
 _TL = 'config.model.tokenlearner'
 
 
@@ -155,6 +156,11 @@ class ModelConfig:
   stochastic_depth: float = 0.0  # drop-path rate of the last layer, linear in depth from 0.
   tubelet_size: int = 2  # temporal extent t of a ViViT tubelet (t x p x p); unused by 'vit'.
   dtype: str = 'float32'  # compute dtype ('bfloat16' for mixed precision); params stay float32.
+  # Attention of the encoder blocks: None = `float32_attention` (einsums; attention dropout);
+  # 'xla' / 'cudnn' = jax.nn.dot_product_attention ('cudnn': GPU, bfloat16/float16 dtype).
+  # Logits and softmax are float32 in all three; the parameters are the same.
+  attention_implementation: Optional[str] = None
+  fused_qkv: bool = False  # q, k, v as one [C, 3C] matmul (same parameters, concatenated).
   # Baseline of §3.5.2 / Table 6: k x k average pooling of the token grid before given layers,
   # as (layer, k) pairs, e.g. ((9, 2), (18, 2)). Not combinable with a TokenLearner.
   spatial_pooling: Tuple[Tuple[int, int], ...] = ()
@@ -190,6 +196,7 @@ class ModelConfig:
     fields.check_int('config.model.num_classes', self.num_classes, 1)
     fields.check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
     fields.check_choice('config.model.dtype', self.dtype, DTYPES)
+    self._check_attention()
     for rate in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth'):
       fields.check_number(f'config.model.{rate}', getattr(self, rate), 0.0, 1.0, below_max=True)
     fields.check_number('config.model.head_bias_init', self.head_bias_init, -float('inf'))
@@ -218,6 +225,19 @@ class ModelConfig:
     if min(size) < stride:
       raise ValueError(f'config.dataset.image_size={size} is smaller than the total spatial '
                        f'stride {stride} of {_BN}.strides={bn.strides}')
+
+  def _check_attention(self):
+    where = 'config.model.attention_implementation'
+    impl = self.attention_implementation
+    fields.check_choice(where, impl, ATTENTION_IMPLEMENTATIONS)
+    if not isinstance(self.fused_qkv, bool):
+      raise ValueError(f'config.model.fused_qkv={self.fused_qkv!r} must be True or False')
+    if impl is not None and self.attention_dropout_rate > 0:
+      raise ValueError(f'{where}={impl!r} has no attention dropout: use None with '
+                       f'config.model.attention_dropout_rate={self.attention_dropout_rate}')
+    if impl == 'cudnn' and self.dtype == 'float32':
+      raise ValueError(f"{where}='cudnn' needs config.model.dtype 'bfloat16' or 'float16', got "
+                       "'float32'")
 
   def _check_tokenlearner(self):
     tl = self.tokenlearner

@@ -16,9 +16,11 @@ Placement (`config.model.tokenlearner`):
   back in front of the learned tokens, and the classifier reads it. So the blocks of a ViT
   checkpoint loaded before the TokenLearner compute exactly what they computed in the source.
 """
-from typing import Any, Optional
+import math
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from token_learner import ablations
@@ -45,11 +47,97 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
+class _DenseParams(nn.Module):
+  """The `kernel [*in, *out]` and `bias [*out]` of a flax `DenseGeneral`, created (same names,
+  shapes, initialisation and RNG use) but not applied, so a caller can fuse several of them."""
+  in_shape: Tuple[int, ...]
+  out_shape: Tuple[int, ...]
+  kernel_init: Callable = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self):
+    n_in = len(self.in_shape)
+
+    def kernel_init(rng, shape, dtype=jnp.float32):  # DenseGeneral inits the flattened 2-D kernel.
+      flat = (math.prod(shape[:n_in]), math.prod(shape[n_in:]))
+      return jnp.reshape(self.kernel_init(rng, flat, dtype), shape)
+
+    kernel = self.param('kernel', kernel_init, (*self.in_shape, *self.out_shape))
+    return kernel, self.param('bias', nn.initializers.zeros, self.out_shape)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention on `[B, N, C]`, parameters exactly as flax's
+  `nn.MultiHeadDotProductAttention` (`query`/`key`/`value` kernels `[C, H, D]`, biases `[H, D]`;
+  `out` kernel `[H, D, C]`, bias `[C]`), so ViT checkpoints load unchanged.
+
+  Attributes:
+    num_heads: H.
+    dtype: compute dtype (parameters stay float32).
+    dropout_rate: dropout on the attention weights (implementation None only).
+    implementation: None: `float32_attention` (logits and softmax in float32, the weights as an
+      einsum); 'xla' / 'cudnn': `jax.nn.dot_product_attention` with that implementation. 'xla'
+      runs on float32 q, k, v as `float32_attention`; 'cudnn' (GPU, bf16/fp16) keeps the compute
+      dtype, cuDNN forming the logits and softmax in float32.
+    fused_qkv: one `[C, 3 * H * D]` matmul for q, k, v (the three kernels concatenated in the
+      step) instead of three.
+  """
+  num_heads: int
+  dtype: Optional[Dtype] = None
+  dropout_rate: float = 0.0
+  implementation: Optional[str] = None
+  fused_qkv: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    c = x.shape[-1]
+    h, dtype = self.num_heads, self.dtype or x.dtype
+    d = c // h
+    names = ('query', 'key', 'value')
+    params = [_DenseParams((c,), (h, d), name=n)() for n in names]
+    x = x.astype(dtype)
+    dense = lambda a, k, b, n: jax.lax.dot_general(
+        a, k.astype(dtype), (((a.ndim - n,) if n == 1 else (a.ndim - 2, a.ndim - 1),
+                              tuple(range(n))), ((), ()))) + b.astype(dtype)
+    if self.fused_qkv:
+      kernel = jnp.concatenate([k.reshape(c, h * d) for k, _ in params], axis=1)
+      bias = jnp.concatenate([b.reshape(h * d) for _, b in params])
+      qkv = dense(x, kernel, bias, 1).reshape(*x.shape[:-1], 3, h, d)
+      q, k, v = (qkv[..., i, :, :] for i in range(3))
+    else:
+      q, k, v = (dense(x, kernel, bias, 1) for kernel, bias in params)
+    if self.implementation is None:
+      deterministic = not train or self.dropout_rate == 0.0
+      y = float32_attention(q, k, v, broadcast_dropout=False, dropout_rate=self.dropout_rate,
+                            deterministic=deterministic,
+                            dropout_rng=None if deterministic else self.make_rng('dropout'))
+    else:
+      y = fast_attention(q, k, v, self.implementation)
+    out_kernel, out_bias = _DenseParams((h, d), (c,), name='out')()
+    return dense(y, out_kernel, out_bias, 2)
+
+
+def fast_attention(query, key, value, implementation: str):
+  """`jax.nn.dot_product_attention` on `[B, N, H, D]` with float32 logits and softmax.
+
+  'xla': q, k, v in float32 (as `float32_attention`); 'cudnn': in their own (half) dtype, cuDNN
+  accumulating the logits and the softmax in float32. The result has `value`'s dtype.
+  """
+  if implementation == 'cudnn':
+    if jax.default_backend() != 'gpu':
+      raise ValueError("config.model.attention_implementation='cudnn' needs a GPU backend, got "
+                       f'{jax.default_backend()!r}')
+    return jax.nn.dot_product_attention(query, key, value, implementation='cudnn')
+  f32 = lambda a: a.astype(jnp.float32)
+  out = jax.nn.dot_product_attention(f32(query), f32(key), f32(value), implementation=implementation)
+  return out.astype(value.dtype)
+
+
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block on `[B, N, C]`: x + MHSA(LN(x)); x + MLP(LN(x)).
 
   `droppath_rate` is stochastic depth: each residual branch is dropped for a whole example.
-  Attention logits and softmax run in float32 whatever `dtype` (`float32_attention`).
+  Attention logits and softmax run in float32 whatever `dtype` (`SelfAttention`).
   """
   num_heads: int
   mlp_dim: int
@@ -57,16 +145,16 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
   dtype: Optional[Dtype] = None
+  attention_implementation: Optional[str] = None  # SelfAttention.implementation
+  fused_qkv: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     droppath = nn.Dropout(self.droppath_rate, broadcast_dims=tuple(range(1, x.ndim)))
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
-        kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
-        attention_fn=float32_attention, deterministic=not train,
-        name='MultiHeadDotProductAttention_1')(y, y)
+    y = SelfAttention(self.num_heads, self.dtype, self.attention_dropout_rate,
+                      self.attention_implementation, self.fused_qkv,
+                      name='MultiHeadDotProductAttention_1')(y, train=train)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     x = x + droppath(y, deterministic=not train)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
@@ -110,6 +198,7 @@ class Encoder(nn.Module):
       block = EncoderBlock(
           cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.attention_dropout_rate,
           droppath_rate=cfg.stochastic_depth * lyr / max(cfg.num_layers - 1, 1), dtype=dtype,
+          attention_implementation=cfg.attention_implementation, fused_qkv=cfg.fused_qkv,
           name=f'encoderblock_{lyr}')
       if cfg.uses_tokenlearner and tl.fuser and lyr >= tl.loc:
         prefix, x = split(x)
