@@ -19,6 +19,7 @@ peak memory of both and their ratio.
 Parameters and state are abstract (`jax.eval_shape`), so nothing of the model's size is
 allocated; compile times depend on the machine and on what else runs on it.
 """
+import collections
 import os
 import sys
 import time
@@ -29,13 +30,15 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import imagenet_tokenlearner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import kinetics400_tokenlearner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import trainer
+from configs import imagenet_tokenlearner
+from configs import kinetics400_tokenlearner
+from token_learner import build_model
+from token_learner import experiment
+from token_learner.train import optim
+from token_learner.train import sharding
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _PART = flags.DEFINE_enum('part', 'all', ['all', 'compile', 'memory'], 'What to measure.')
 _BATCH = flags.DEFINE_integer('batch', 8, "Global batch of the 'compile' part.")
@@ -44,8 +47,8 @@ _LAYOUTS = flags.DEFINE_list('layouts', 'unrolled/none,scan/none,scan/full,scan/
                              "'compile' part: layout/remat pairs, in this order.")
 _FRAMES = flags.DEFINE_integer('frames', 32, "Frames of the 'memory' part's clips.")
 _VIDEO_BATCH = flags.DEFINE_integer('video_batch', 8, "Global batch of the 'memory' part.")
-_VIDEO_SCAN = flags.DEFINE_bool('video_scan', True, "'memory' part: scan_layers (compiles "
-                                'faster; the peak memory is that of the unrolled step too).')
+_VIDEO_SCAN = flags.DEFINE_bool('video_scan', False, "'memory' part: config.model.scan_layers "
+                                '(False: the default layout).')
 GIB = 2.0 ** 30
 
 
@@ -64,9 +67,21 @@ def compile_train_step(config):
                                           sharding=batch_sharding),
            'labels': jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32, sharding=batch_sharding)}
   step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch, rng).compile()
-  return time.perf_counter() - start, compiled.memory_analysis()
+  start, cpu = time.perf_counter(), time.process_time()
+  lowered = step.lower(state, batch, rng)
+  lower_s = time.perf_counter() - start
+  compiled = lowered.compile()
+  times = Times(time.perf_counter() - start, lower_s, time.process_time() - cpu)
+  return times, compiled.memory_analysis()
+
+
+class Times(collections.namedtuple('Times', 'total lower cpu')):
+  """Seconds: lower + compile (wall), of which lowering (tracing), and the process's CPU time
+  (less sensitive than wall time to other jobs on the machine)."""
+
+  def __str__(self):
+    return (f'compile {self.total:6.1f} s wall (lower {self.lower:4.1f} s), '
+            f'{self.cpu:6.1f} s CPU')
 
 
 def peak(mem) -> float:
@@ -82,6 +97,11 @@ def describe(mem) -> str:
 def compile_part():
   print(f'ViT-L/16 (24+11), 16-TL at 12, 224x224, batch {_BATCH.value}, train step of '
         'configs/imagenet_tokenlearner.py, 1 device', flush=True)
+  # Warm-up: JAX's and XLA's one-time start-up costs go to none of the timed compiles.
+  warmup = imagenet_tokenlearner.get_config()
+  warmup.update_from_flattened_dict({'model.variant': 'Mu/4', 'model.num_layers': 1,
+                                     'model.tokenlearner.loc': 1, 'dataset.image_size': 16})
+  compile_train_step(warmup)
   base = None
   for entry in _LAYOUTS.value:
     layout, remat = entry.split('/')
@@ -90,10 +110,11 @@ def compile_part():
         'model.variant': 'L/16', 'model.num_layers': 35, 'model.tokenlearner.num_tokens': 16,
         'model.tokenlearner.loc': 12, 'dataset.image_size': 224, 'batch_size': _BATCH.value,
         'model.scan_layers': layout == 'scan', 'model.remat': remat})
-    seconds, mem = compile_train_step(config)
-    base = base or (seconds, peak(mem))
-    print(f'  scan_layers={layout == "scan"!s:5} remat={remat:4}: compile {seconds:6.1f} s '
-          f'({seconds / base[0]:.2f}x), {describe(mem)} ({peak(mem) / base[1]:.2f}x)', flush=True)
+    times, mem = compile_train_step(config)
+    base = base or (times, peak(mem))
+    print(f'  scan_layers={layout == "scan"!s:5} remat={remat:4}: {times} '
+          f'({times.total / base[0].total:.2f}x wall, {times.cpu / base[0].cpu:.2f}x CPU), '
+          f'{describe(mem)} ({peak(mem) / base[1]:.2f}x)', flush=True)
 
 
 def memory_part():
@@ -107,11 +128,12 @@ def memory_part():
         'model.tokenlearner.num_tokens': tokens, 'dataset.num_frames': _FRAMES.value,
         'batch_size': _VIDEO_BATCH.value, 'eval_batch_size': _VIDEO_BATCH.value,
         'model.scan_layers': _VIDEO_SCAN.value})
-    seconds, mem = compile_train_step(config)
+    times, mem = compile_train_step(config)
     name = '16-TL at 12' if tokens else 'no TokenLearner'
-    peaks[tokens] = peak(mem)
-    print(f'  {name:16}: compile {seconds:6.1f} s, {describe(mem)}', flush=True)
-  print(f'  ratio TokenLearner / ViViT: {peaks[16] / peaks[0]:.3f}')
+    peaks[tokens] = (peak(mem), mem.temp_size_in_bytes)
+    print(f'  {name:16}: {times}, {describe(mem)}', flush=True)
+  print(f'  ratio TokenLearner / ViViT: {peaks[16][0] / peaks[0][0]:.3f} (temp + argument + '
+        f'output), {peaks[16][1] / peaks[0][1]:.3f} (temp alone: activations and gradients)')
 
 
 def main(argv):

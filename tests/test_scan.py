@@ -21,10 +21,15 @@ def make_config(name='vit', num_layers=3, num_tokens=3, loc=2, num_frames=4, **m
 
 
 def init(cfg, randomise, batch=2):
+  """(model, randomised params as numpy, inputs); compiled init (quicker than op by op)."""
   model = build_model(cfg)
   x = jax.random.normal(jax.random.key(1), (batch, *cfg.input_shape))
-  params = model.init(jax.random.key(0), x, train=False)['params']
+  params = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False)['params'])(x)
   return model, randomise(jax.device_get(params), scale=0.3), x
+
+
+def forward(model, params, x):
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, x)
 
 
 @pytest.mark.parametrize('name,classifier,num_tokens,loc', [
@@ -39,14 +44,14 @@ def test_scanned_model_with_converted_params_equals_unrolled(name, classifier, n
   scanned = make_config(name, classifier=classifier, num_tokens=num_tokens, loc=loc,
                         scan_layers=True)
   model, params, x = init(unrolled, randomise)
-  want, want_aux = model.apply({'params': params}, x, train=False)
+  want, want_aux = forward(model, params, x)
   segs = layer_scan.segments(scanned)
   converted = layer_scan.to_scanned(params, segs)
   scan_model = build_model(scanned)
   # The converted tree has the scanned model's own structure and shapes.
   fresh = jax.eval_shape(lambda: scan_model.init(jax.random.key(0), x, train=False)['params'])
   assert jax.tree.map(jnp.shape, fresh) == jax.tree.map(np.shape, converted)
-  got, got_aux = scan_model.apply({'params': converted}, x, train=False)
+  got, got_aux = forward(scan_model, converted, x)
   assert float(np.abs(want).max()) > 0.1  # The head is randomised: the comparison means much.
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
   for a, b in zip(got_aux['attention_maps'], want_aux['attention_maps']):
@@ -81,13 +86,13 @@ def test_npz_and_checkpoint_layouts_load_into_either_model(tmp_path, randomise):
   one: the loaded models compute the source's logits."""
   unrolled, scanned = make_config(), make_config(scan_layers=True)
   model, params, x = init(unrolled, randomise)
-  want, _ = model.apply({'params': params}, x, train=False)
+  want, _ = forward(model, params, x)
   scan_model, scan_init, _ = init(scanned, randomise)
   path = str(tmp_path / 'unrolled.npz')
   pretrained.save_npz(path, params)
   loaded = pretrained.init_from(scan_init, InitConfig(path=path, load_head=True), scanned)
   assert 'encoderblock_scan_1' in loaded['Transformer']
-  np.testing.assert_allclose(scan_model.apply({'params': loaded}, x, train=False)[0], want,
+  np.testing.assert_allclose(forward(scan_model, loaded, x)[0], want,
                              atol=1e-5, rtol=1e-5)
   path = str(tmp_path / 'scanned.npz')
   pretrained.save_npz(path, loaded)
@@ -130,10 +135,11 @@ class _Blocks(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train):
+    # pylint: disable=protected-access
     if self.config.scan_layers:
-      return Encoder._scan(self, (0, 0, self.config.num_layers), x, train)  # pylint: disable=protected-access
+      return Encoder._scan(self, (0, 0, self.config.num_layers), x, train)
     for lyr in range(self.config.num_layers):
-      x = Encoder._block(self, lyr, train)(x)  # pylint: disable=protected-access
+      x = Encoder._block(self, lyr, train)(x)
     return x
 
 
@@ -145,8 +151,8 @@ def test_stochastic_depth_rate_grows_per_layer_and_draws_differ(scan):
   cfg = make_config(num_layers=3, num_tokens=0, stochastic_depth=0.8, scan_layers=scan)
   blocks = _Blocks(cfg)
   x = jnp.zeros((4000, 1, 64))
-  params = blocks.init(jax.random.key(0), x, train=False)['params']
-  params = jax.tree.map(jnp.zeros_like, params)
+  params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+      lambda: blocks.init(jax.random.key(0), x, train=False)['params']))
   consts = (1.0, 0.6, 0.4)
   if scan:
     params['encoderblock_scan_0']['MlpBlock_3']['Dense_1']['bias'] = (
@@ -154,7 +160,8 @@ def test_stochastic_depth_rate_grows_per_layer_and_draws_differ(scan):
   else:
     for lyr, c in enumerate(consts):
       params[f'encoderblock_{lyr}']['MlpBlock_3']['Dense_1']['bias'] = jnp.full((64,), c)
-  out = blocks.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(5)})
+  out = jax.jit(lambda p: blocks.apply({'params': p}, x, train=True,
+                                       rngs={'dropout': jax.random.key(5)}))(params)
   code = np.asarray(out[:, 0, 0])
   np.testing.assert_allclose(out, np.broadcast_to(code[:, None, None], out.shape), atol=1e-5)
   m1, m2 = (np.round(code - 1) % 2).astype(int), (np.round(code - 1) // 2).astype(int)
