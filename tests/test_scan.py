@@ -9,6 +9,7 @@ import pytest
 from token_learner import ModelConfig, build_model
 from token_learner import layer_scan
 from token_learner import pretrained
+from token_learner.flops import count_flops_and_params
 from token_learner.pretrained import InitConfig
 from token_learner.tree import flatten
 from token_learner.vit import Encoder
@@ -190,3 +191,10 @@ def test_bottleneck_rejects_scan_layers():
   with pytest.raises(ValueError, match=r'config\.model\.scan_layers'):
     ModelConfig.from_dict(dict(name='bottleneck', scan_layers=True), image_size=32,
                           num_frames=4)
+
+
+def test_flops_and_params_count_every_scanned_layer():
+  """XLA's cost analysis counts a loop body once: FLOPs of a scanned model are the unrolled's."""
+  unrolled = count_flops_and_params(make_config(num_layers=4))
+  assert count_flops_and_params(make_config(num_layers=4, scan_layers=True)) == unrolled
+  assert unrolled[0] > count_flops_and_params(make_config(num_layers=2, loc=1))[0]
