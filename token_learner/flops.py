@@ -36,6 +36,8 @@ def count_flops_and_params(model_cfg: ModelConfig):
     # Chunking is a lax.map loop, whose body XLA's cost analysis counts once: count unchunked.
     model_cfg = dataclasses.replace(model_cfg, bottleneck=dataclasses.replace(
         model_cfg.bottleneck, query_chunk=0))
+  if model_cfg.scan_layers:  # A scan's body is counted once too: count the unrolled model.
+    model_cfg = dataclasses.replace(model_cfg, scan_layers=False)
   model = build_model(model_cfg)
   params = abstract_params(model_cfg)
   x = jax.ShapeDtypeStruct((1, *model_cfg.input_shape), jnp.float32)

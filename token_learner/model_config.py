@@ -31,6 +31,7 @@ FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+REMATS = ('none', 'full', 'dots')  # token_learner/layer_scan.py
 _TL = 'config.model.tokenlearner'
 
 
@@ -161,6 +162,11 @@ class ModelConfig:
   # Logits and softmax are float32 in all three; the parameters are the same.
   attention_implementation: Optional[str] = None
   fused_qkv: bool = False  # q, k, v as one [C, 3C] matmul (same parameters, concatenated).
+  # Encoder blocks under nn.scan, one scan per segment of layers between TokenLearners: fast
+  # compiles of deep models; parameters stacked as Transformer/encoderblock_scan_{k} (layer axis
+  # first, token_learner/layer_scan.py). Not with fuser=True or spatial_pooling.
+  scan_layers: bool = False
+  remat: str = 'none'  # rematerialisation of each encoder block: 'none', 'full' or 'dots'.
   # Baseline of §3.5.2 / Table 6: k x k average pooling of the token grid before given layers,
   # as (layer, k) pairs, e.g. ((9, 2), (18, 2)). Not combinable with a TokenLearner.
   spatial_pooling: Tuple[Tuple[int, int], ...] = ()
@@ -203,12 +209,31 @@ class ModelConfig:
     if self.representation_size is not None:
       fields.check_int('config.model.representation_size', self.representation_size, 1)
     fields.check_int('config.model.tubelet_size', self.tubelet_size, 1)
+    self._check_layer_scan()
     if self.name == 'bottleneck':  # config.model.tokenlearner is not used by this model.
       self._check_bottleneck_geometry()
       return
     self._check_geometry()
     self._check_tokenlearner()
     self._check_spatial_pooling()
+
+  def _check_layer_scan(self):
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f'config.model.scan_layers={self.scan_layers!r} must be True or False')
+    fields.check_choice('config.model.remat', self.remat, REMATS)
+    if self.name == 'bottleneck' and (self.scan_layers or self.remat != 'none'):
+      raise ValueError("config.model.scan_layers and config.model.remat apply to the ViT / ViViT "
+                       "encoder, not to name='bottleneck'; leave them False and 'none'")
+    if not self.scan_layers:
+      return
+    if self.uses_tokenlearner and self.tokenlearner.fuser:
+      raise ValueError(f'config.model.scan_layers=True does not support {_TL}.fuser=True (each '
+                       'layer after loc has its own TokenLearner and fuser); use '
+                       'scan_layers=False')
+    if self.spatial_pooling:
+      raise ValueError('config.model.scan_layers=True does not support '
+                       'config.model.spatial_pooling (the pools change the token grid between '
+                       'layers); use scan_layers=False')
 
   def _check_bottleneck_geometry(self):
     size = self.image_size

@@ -36,7 +36,10 @@ Key layouts read (`.npz` files, and this project's orbax checkpoint folders with
 `params/` prefix, top-level `pos_embedding`, `MlpBlock_0` / `LayerNorm_1` /
 `MultiHeadDotProductAttention_0`, or a scanned `Transformer/encoderblock` with a leading layer
 axis; heads 'tok', 'gap'; a 'map' head (`MAPHead/...`) is a ValueError naming it). big_vision's
-tensorstore checkpoint folders are not read: convert them to `.npz` first.
+tensorstore checkpoint folders are not read: convert them to `.npz` first. This project's scanned
+layout (`Transformer/encoderblock_scan_{k}`, config.model.scan_layers) is read too, and a scanned
+model receives any of these sources: everything is mapped in the unrolled layout, then stacked
+(`token_learner.layer_scan`).
 """
 import dataclasses
 import os
@@ -48,6 +51,7 @@ import jax
 import numpy as np
 
 from token_learner import fields
+from token_learner import layer_scan
 from token_learner.model_config import ModelConfig
 from token_learner.tree import flatten, unflatten
 from token_learner.train import checkpoints
@@ -97,6 +101,7 @@ def save_npz(path: str, params):
 def _canonical_keys(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """big_vision names and scanned layers -> the vit_jax layout (and semantics) of this project."""
   flat = {re.sub(r'^params/', '', k): v for k, v in flat.items()}
+  flat = flatten(layer_scan.to_unrolled(unflatten(flat)))  # This project's scanned layout.
   heads = sorted(k for k in flat if k.startswith('MAPHead'))
   if heads:
     raise ValueError(f'{heads[0]}: the checkpoint has a MAP head (big_vision pool_type=\'map\'),'
@@ -238,8 +243,12 @@ def _source_grid(src, model_cfg: ModelConfig, source_cls: bool):
 
 def map_params(params, src: Dict[str, np.ndarray], model_cfg: ModelConfig,
                inflation: str = 'central_frame', load_head: bool = False):
-  """Returns `params` (the model's fresh init) with every mappable parameter taken from `src`."""
-  target = flatten(jax.device_get(params))
+  """Returns `params` (the model's fresh init) with every mappable parameter taken from `src`.
+
+  `src` is in the unrolled layout (`load_flat`); a scanned model's `params` are mapped in the
+  unrolled layout and stacked back (`token_learner.layer_scan`).
+  """
+  target = flatten(layer_scan.to_unrolled(jax.device_get(params)))
   source_cls, target_cls = 'cls' in src, 'cls' in target
   if source_cls and not target_cls:
     logging.warning("The checkpoint's CLS token is dropped (config.model.classifier='gap'): the "
@@ -280,7 +289,10 @@ def map_params(params, src: Dict[str, np.ndarray], model_cfg: ModelConfig,
   unused = sorted(set(src) - set(out))
   if unused:
     logging.info('Checkpoint parameters not used by the model: %s', unused)
-  return jax.tree.map(np.asarray, unflatten(out))
+  out = jax.tree.map(np.asarray, unflatten(out))
+  if model_cfg.scan_layers:
+    out = layer_scan.to_scanned(out, layer_scan.segments(model_cfg))
+  return out
 
 
 def init_from(params, init: InitConfig, model_cfg: ModelConfig):

@@ -15,6 +15,10 @@ Placement (`config.model.tokenlearner`):
   and carried through every block; TokenLearners pool the patch grid only, the CLS token is put
   back in front of the learned tokens, and the classifier reads it. So the blocks of a ViT
   checkpoint loaded before the TokenLearner compute exactly what they computed in the source.
+
+`config.model.scan_layers` runs the blocks of each segment between TokenLearners as one `nn.scan`
+(parameters stacked under `Transformer/encoderblock_scan_{k}`) and `config.model.remat` wraps each
+block in `nn.remat`; both leave the function unchanged (token_learner/layer_scan.py).
 """
 import math
 from typing import Any, Callable, Optional, Tuple
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from token_learner import ablations
+from token_learner import layer_scan
 from token_learner.model_config import ModelConfig
 from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11, float32_attention
 
@@ -133,6 +138,28 @@ def fast_attention(query, key, value, implementation: str):
   return out.astype(value.dtype)
 
 
+class _TracedDropPath(nn.Dropout):
+  """`nn.Dropout` whose rate may be a traced scalar: the per-layer rate of scanned blocks."""
+
+  def __call__(self, inputs, deterministic=None, rng=None):
+    if nn.merge_param('deterministic', self.deterministic, deterministic):
+      return inputs
+    keep = 1.0 - jnp.asarray(self.rate, jnp.float32)
+    shape = [1 if d in self.broadcast_dims else n for d, n in enumerate(inputs.shape)]
+    rng = self.make_rng(self.rng_collection) if rng is None else rng
+    mask = jnp.broadcast_to(jax.random.bernoulli(rng, keep, shape), inputs.shape)
+    return jnp.where(mask, inputs / keep.astype(inputs.dtype), jnp.zeros_like(inputs))
+
+
+def drop_path(rate, ndim: int) -> nn.Dropout:
+  """Stochastic depth on `[B, ...]` (a whole example's branch is dropped): `nn.Dropout` for a
+  Python rate, `_TracedDropPath` for the per-layer rate a scan passes in."""
+  dims = tuple(range(1, ndim))
+  if isinstance(rate, (int, float)):
+    return nn.Dropout(rate, broadcast_dims=dims)
+  return _TracedDropPath(rate, broadcast_dims=dims)
+
+
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block on `[B, N, C]`: x + MHSA(LN(x)); x + MLP(LN(x)).
 
@@ -150,7 +177,7 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    droppath = nn.Dropout(self.droppath_rate, broadcast_dims=tuple(range(1, x.ndim)))
+    droppath = drop_path(self.droppath_rate, x.ndim)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
     y = SelfAttention(self.num_heads, self.dtype, self.attention_dropout_rate,
                       self.attention_implementation, self.fused_qkv,
@@ -185,6 +212,7 @@ class Encoder(nn.Module):
     join = lambda prefix, seq: jnp.concatenate([prefix, seq], axis=1) if num_prefix else seq
     tl_grid = lambda g: g[1:] if g[0] == 1 else g  # Images: maps [B, S, H, W], not [B, 1, S, H, W].
     maps = []
+    scans = {seg[0]: (k, *seg) for k, seg in enumerate(layer_scan.segments(cfg))}
     for lyr in range(cfg.num_layers + 1):
       if lyr in pools:
         x, grid = ablations.spatial_pool(x, grid, pools[lyr])
@@ -195,21 +223,47 @@ class Encoder(nn.Module):
         maps.append(m)
       if lyr == cfg.num_layers:
         break
-      block = EncoderBlock(
-          cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.attention_dropout_rate,
-          droppath_rate=cfg.stochastic_depth * lyr / max(cfg.num_layers - 1, 1), dtype=dtype,
-          attention_implementation=cfg.attention_implementation, fused_qkv=cfg.fused_qkv,
-          name=f'encoderblock_{lyr}')
+      if cfg.scan_layers:  # One scan per segment; the TokenLearner runs between segments.
+        if lyr in scans:
+          x = self._scan(scans[lyr], x, train)
+        continue
+      block = self._block(lyr, train)
       if cfg.uses_tokenlearner and tl.fuser and lyr >= tl.loc:
         prefix, x = split(x)
         tokens, m = self._token_learner(lyr)(x, tl_grid(grid), train=train)
         maps.append(m)
-        prefix, tokens = split(block(join(prefix, tokens), train=train))
+        prefix, tokens = split(block(join(prefix, tokens)))
         x = join(prefix, self._fuse(lyr, tokens, x, m, tl_grid(grid), train))
       else:
-        x = block(x, train=train)
+        x = block(x)
     x = nn.LayerNorm(dtype=dtype, name='encoder_norm')(x)
     return x, {'attention_maps': tuple(maps)}
+
+  def _block(self, lyr, train):
+    """Encoder layer `lyr` as a callable `[B, N, C] -> [B, N, C]` (`encoderblock_{lyr}`)."""
+    cfg = self.config
+    rate = layer_scan.droppath_rates(cfg, lyr, lyr + 1)[0]
+    if cfg.remat == 'none':
+      block = encoder_block(cfg, rate, name=f'encoderblock_{lyr}')
+      return lambda x: block(x, train=train)
+    step = nn.remat(BlockStep, policy=layer_scan.REMAT_POLICIES[cfg.remat])(
+        cfg, train, rate, name=f'encoderblock_{lyr}')
+    return lambda x: step(x, None)[0]
+
+  def _scan(self, segment, x, train):
+    """Layers [start, stop) as one `nn.scan` over `BlockStep` (`encoderblock_scan_{k}`)."""
+    cfg = self.config
+    k, start, stop = segment
+    step = BlockStep
+    if cfg.remat != 'none':  # Inside a scan, CSE cannot merge the recomputation away.
+      step = nn.remat(step, policy=layer_scan.REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    scan = nn.scan(step, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                   in_axes=0, length=stop - start)
+    # A Python rate when every layer has rate 0: no random draws for stochastic depth at all.
+    rate = None if cfg.stochastic_depth else 0.0
+    rates = jnp.asarray(layer_scan.droppath_rates(cfg, start, stop), jnp.float32)
+    x, _ = scan(cfg, train, rate, name=f'{layer_scan.SCAN_PREFIX}{k}')(x, rates)
+    return x
 
   def _token_learner(self, lyr):
     tl, dtype = self.config.tokenlearner, jnp.dtype(self.config.dtype)
@@ -230,6 +284,34 @@ class Encoder(nn.Module):
     return ablations.Reprojection(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
                                   cfg.attention_dropout_rate, dtype=dtype,
                                   name=name)(tokens, residual, train=train)
+
+
+def encoder_block(cfg: ModelConfig, droppath_rate, name: Optional[str] = None) -> EncoderBlock:
+  """The encoder block of `cfg` with the given stochastic depth rate."""
+  return EncoderBlock(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.attention_dropout_rate,
+                      droppath_rate=droppath_rate, dtype=jnp.dtype(cfg.dtype),
+                      attention_implementation=cfg.attention_implementation,
+                      fused_qkv=cfg.fused_qkv, name=name)
+
+
+class BlockStep(nn.Module):
+  """One encoder block as a step `(x, rate) -> (x, None)` of `nn.scan` / `nn.remat`.
+
+  The block's parameters sit directly in this module's scope (`nn.share_scope`), so a step named
+  `encoderblock_{i}` has the unrolled block's parameter names. `droppath_rate` None: the
+  stochastic depth rate is the (scanned, per-layer) `rate` argument.
+  """
+  config: ModelConfig
+  train: bool
+  droppath_rate: Optional[float] = None
+
+  @nn.compact
+  def __call__(self, x, rate):
+    cfg = self.config
+    rate = rate if self.droppath_rate is None else self.droppath_rate
+    block = encoder_block(cfg, rate)
+    nn.share_scope(self, block)
+    return block(x, train=self.train), None
 
 
 class AddPositionEmbs(nn.Module):
