@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import trainer
-from token_learner import build_model
+from token_learner import build_model, data
 from token_learner import experiment as experiment_lib
+from token_learner.data import stream
 from token_learner.train import optim, sharding, throughput
 
 P = jax.sharding.PartitionSpec
@@ -180,3 +181,20 @@ def test_loop_reads_metrics_one_step_late_and_logs_throughput(tmp_path, monkeypa
   last = summary['final_metrics']
   assert last['examples_per_sec_per_device'] == pytest.approx(last['examples_per_sec'] / 8)
   assert {'mfu', 'tflops_per_device', 'core_hours', 'eta_minutes'} <= set(last)
+
+
+def test_batched_digits_input_equals_row_by_row(monkeypatch, tiny_config):
+  # Without augmentation the digits are processed a batch at a time (input throughput): the
+  # batches are those of the row-by-row pipeline, bit for bit.
+  cfg = experiment_lib.from_config(tiny_config()).data
+  assert not cfg.augment
+  batched = data.train_iterator(cfg, seed=3, batch_size=32, start_step=40)
+  create = stream.train_batches
+  monkeypatch.setattr(stream, 'train_batches',
+                      lambda *args, batched, **kwargs: create(*args, batched=False, **kwargs))
+  row_by_row = data.train_iterator(cfg, seed=3, batch_size=32, start_step=40)
+  for _ in range(3):
+    a, b = next(batched), next(row_by_row)
+    assert a.keys() == b.keys() and a['inputs'].shape == (32, 16, 16, 3)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])

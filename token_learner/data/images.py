@@ -389,7 +389,8 @@ def train_iterator(cfg: ImageData, *, seed: int, start_step: int, global_batch: 
   check, scan = _checks(source)
   return stream.train_batches(
       source, process, check, seed=seed, start_step=start_step, global_batch=global_batch,
-      local_batch_size=local_batch, row_block=row_block, num_skipped=num_skipped, fallback=scan)
+      local_batch_size=local_batch, row_block=row_block, num_skipped=num_skipped, fallback=scan,
+      batched=source.tiny and not cfg.augment)  # Same-size in-memory images, no random ops.
 
 
 def eval_input(cfg: ImageData, *, global_batch: int, local_batch: int, process_index: int,
