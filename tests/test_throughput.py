@@ -104,8 +104,8 @@ def test_step_flops_sum_the_devices_of_a_sharded_program(num_devices):
 
 def test_accumulating_step_counts_every_micro_batch(tiny_config):
   experiment = experiment_lib.from_config(tiny_config())
-  mesh = sharding.create_mesh(jax.devices()[:8])
-  cfg = experiment.train.for_run(num_train_examples=1437, num_devices=8)
+  mesh = sharding.create_mesh(jax.devices()[:2])
+  cfg = experiment.train.for_run(num_train_examples=1437, num_devices=2)
   model = build_model(experiment.model)
   tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
   init_rng, rng = sharding.replicated_keys(0, mesh)
