@@ -4,7 +4,7 @@ Read top to bottom: `train_step` and `eval_step` (pure, jitted once with explici
 `evaluate` (one pass over the eval split), `train_and_evaluate` (the loop). What they call lives
 in small modules: the config boundary `token_learner.experiment`, the input
 `token_learner.data`, and `token_learner.train.{config, losses, optim, sharding, checkpoints,
-logger}`.
+logger, throughput}`.
 
 One jitted, pure `train_step(state, batch, rng) -> (state, metrics)` runs over a ('data',
 'model') device mesh (`config.mesh_shape`) with donated state; the same code runs on one device,
@@ -17,6 +17,7 @@ Resuming is exact: the state (params, optimizer state, step) is checkpointed wit
 randomness is `fold_in(base_rng, step)`, and the input restarts at batch `step`, so a run killed
 at any moment and restarted ends with the same parameters, bit for bit, as an uninterrupted run.
 """
+import dataclasses
 import functools
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -43,6 +44,7 @@ from token_learner.train import logger
 from token_learner.train import optim
 from token_learner.train import preemption
 from token_learner.train import sharding
+from token_learner.train import throughput
 from token_learner.train.config import MULTI_LABEL_LOSSES, TrainConfig
 
 TrainState = sharding.TrainState
@@ -255,16 +257,22 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
   hooks = [periodic_actions.ReportProgress(num_train_steps=cfg.num_train_steps, writer=writer)]
   if cfg.profile_steps and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=cfg.profile_steps))
+  meter = throughput.Meter(mesh.devices.flat, dtype=model_cfg.dtype, global_batch=cfg.batch_size,
+                           core_hours=run.get('core_hours', 0.0), start_time=start_time)
+  # XLA counts a scan's body once: an accumulating step is counted with the whole-batch one.
+  accumulation_free_step = (compile_train_step(model, tx, dataclasses.replace(
+      cfg, grad_accum_steps=1), mesh, state_shardings) if cfg.grad_accum_steps > 1 else None)
   train_logger = logger.TrainLogger(
       writer, log_every_steps=cfg.log_every_steps, num_train_steps=cfg.num_train_steps,
-      learning_rate_fn=learning_rate_fn, global_batch=cfg.batch_size)
+      learning_rate_fn=learning_rate_fn, global_batch=cfg.batch_size, meter=meter)
   train_logger.last = dict(run.get('train_metrics', {}))
   wall_time = lambda: run.get('wall_time_s', 0.0) + time.time() - start_time
 
   def save():
     train_logger.flush()  # Never save a state that followed a NaN loss.
     checkpoints.save(manager, step, state, config=config_dict,
-                     run={'train_metrics': train_logger.last, 'wall_time_s': wall_time()})
+                     run={'train_metrics': train_logger.last, 'wall_time_s': wall_time(),
+                          'core_hours': meter.core_hours()})
     writer.flush()  # Everything logged up to a checkpoint is on disk with it.
     return step
 
@@ -288,8 +296,11 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     logging.info('Resuming at step %d.', step)
   try:
     while step < cfg.num_train_steps:
+      batch = next(batches)
+      meter.count_flops(p_train_step, state, batch, dropout_rng,  # Once, with the compilation.
+                        accumulation_free_step=accumulation_free_step)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, step_metrics = p_train_step(state, next(batches), dropout_rng)
+        state, step_metrics = p_train_step(state, batch, dropout_rng)
       step += 1
       train_logger.add(step, step_metrics)
       checkpoints.check_errors(manager, saved)
@@ -321,6 +332,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
   logger.write_summary(workdir, final, steps=step, num_train_steps=cfg.num_train_steps,
                        wall_time_s=wall_time(), gflops=gflops,
                        num_params=num_params, num_devices=mesh.size,
-                       num_processes=jax.process_count(), config=config_dict)
+                       num_processes=jax.process_count(), throughput=meter.summary(),
+                       config=config_dict)
   logging.info('Final metrics at step %d: %s', step, final)
   return final

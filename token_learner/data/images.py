@@ -420,7 +420,8 @@ def train_iterator(cfg: ImageData, *, seed: int, start_step: int, global_batch: 
   return stream.train_batches(
       source, process, check, seed=seed, start_step=start_step, global_batch=global_batch,
       local_batch_size=local_batch, row_block=row_block, num_skipped=num_skipped, fallback=scan,
-      shards=shards, num_shards=num_shards)
+      shards=shards, num_shards=num_shards,
+      batched=source.tiny and not cfg.augment)  # Same-size in-memory images, no random ops.
 
 
 def eval_input(cfg: ImageData, *, global_batch: int, local_batch: int, process_index: int,

@@ -17,12 +17,14 @@ class TrainLogger:
   """Collects per-step train metrics one step late, checks them, writes means at log steps.
 
   `add(step, metrics)` keeps the device arrays of `step` and only then reads those of the step
-  before, so the host never waits on the step just dispatched.
+  before, so the host never waits on the step just dispatched. With a `meter`
+  (throughput.Meter) each line also has examples/s per device, TFLOP/s per device, MFU and
+  core-hours.
   """
 
   def __init__(self, writer, *, log_every_steps: int, num_train_steps: int, learning_rate_fn,
-               global_batch: int):
-    self._writer, self._lr_fn = writer, learning_rate_fn
+               global_batch: int, meter=None):
+    self._writer, self._lr_fn, self._meter = writer, learning_rate_fn, meter
     self._every, self._num_steps, self._global_batch = (log_every_steps, num_train_steps,
                                                         global_batch)
     self._pending = None
@@ -65,6 +67,8 @@ class TrainLogger:
         learning_rate=float(self._lr_fn(step - 1)),
         examples_per_sec=steps_per_sec * self._global_batch,
         eta_minutes=(self._num_steps - step) / max(steps_per_sec, 1e-9) / 60)
+    if self._meter is not None:
+      scalars.update(self._meter.window(step - start_step, now - start_time))
     self._writer.write_scalars(step, scalars)
     self.last = scalars
     self._window = []

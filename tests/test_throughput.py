@@ -1,0 +1,200 @@
+"""Tests of token_learner/train/throughput.py: MFU arithmetic, the peak table, FLOP counting, and
+the train loop reading each step's metrics only after dispatching the next step."""
+import collections
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trainer
+from token_learner import build_model, data
+from token_learner import experiment as experiment_lib
+from token_learner.data import stream
+from token_learner.train import optim, sharding, throughput
+
+P = jax.sharding.PartitionSpec
+FakeDevice = collections.namedtuple('FakeDevice', 'platform device_kind')
+
+
+def test_rates_match_a_hand_computation():
+  # 2.5 steps/s of 256 examples on 4 devices, 8 TFLOPs per step, 100 TFLOP/s peak per device:
+  # 640 examples/s, 160 per device; 20 TFLOP/s in all, 5 per device; MFU 5 / 100.
+  out = throughput.rates(steps_per_sec=2.5, global_batch=256, num_devices=4, step_flops=8e12,
+                         peak_tflops=100.0)
+  assert out == pytest.approx({'examples_per_sec': 640.0, 'examples_per_sec_per_device': 160.0,
+                               'tflops_per_device': 5.0, 'mfu': 0.05})
+  # Without a peak there is no MFU; without FLOPs neither TFLOP/s nor MFU.
+  assert 'mfu' not in throughput.rates(steps_per_sec=2.5, global_batch=256, num_devices=4,
+                                       step_flops=8e12, peak_tflops=None)
+  assert set(throughput.rates(steps_per_sec=2.5, global_batch=256, num_devices=4,
+                              step_flops=None, peak_tflops=100.0)) == {
+                                  'examples_per_sec', 'examples_per_sec_per_device'}
+
+
+@pytest.mark.parametrize('kind, dtype, precision, expected', [
+    ('TPU v4', 'bfloat16', None, 275.0),
+    ('TPU v4', 'float32', None, 275.0),  # One bfloat16 pass at default precision.
+    ('TPU v5 lite', 'bfloat16', None, 197.0),
+    ('TPU v5e', 'bfloat16', None, 197.0),
+    ('TPU v5', 'bfloat16', None, 459.0),
+    ('TPU v5p', 'bfloat16', None, 459.0),
+    ('TPU v6 lite', 'bfloat16', None, 918.0),
+    ('NVIDIA A100-SXM4-80GB', 'bfloat16', None, 312.0),
+    ('NVIDIA A100-PCIE-40GB', 'float32', None, 156.0),  # TF32.
+    ('NVIDIA A100-SXM4-40GB', 'float32', 'highest', 19.5),
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', None, 989.0),
+    ('NVIDIA H100 PCIe', 'bfloat16', None, 756.0),
+    ('NVIDIA H100 NVL', 'float32', None, 417.5),
+    ('NVIDIA H200', 'float32', None, 494.7),
+    ('NVIDIA H200 NVL', 'bfloat16', None, 835.0),
+    # Unknown kinds, dtypes or precisions: no peak, so no MFU.
+    ('TPU v4 lite', 'bfloat16', None, None),
+    ('TPU v3', 'bfloat16', None, None),
+    ('Tesla V100-SXM2-16GB', 'float32', None, None),
+    ('NVIDIA A800-SXM4-80GB', 'bfloat16', None, None),
+    ('TPU v5 lite', 'float32', 'highest', None),
+    ('NVIDIA H100 80GB HBM3', 'float16', None, None),
+])
+def test_peak_table_lookup(kind, dtype, precision, expected):
+  assert throughput.table_peak_tflops(kind, dtype, precision) == expected
+
+
+def test_unknown_device_kind_omits_mfu():
+  devices = [FakeDevice('gpu', 'Tesla V100-SXM2-16GB')] * 2
+  peak, source = throughput.device_peak(devices, 'float32')
+  assert peak is None and 'unknown device kind' in source
+  meter = throughput.Meter(devices, dtype='float32', global_batch=8)
+  meter.step_flops = 4e12
+  line = meter.window(steps=10, seconds=4.0)  # 2.5 steps/s: 20 examples/s, 10 per device.
+  assert 'mfu' not in line and line['tflops_per_device'] == pytest.approx(5.0)
+  assert line['examples_per_sec_per_device'] == pytest.approx(10.0)
+  assert 'mfu' not in meter.summary() and meter.summary()['peak_tflops_per_device'] is None
+  known = throughput.Meter([FakeDevice('tpu', 'TPU v5 lite')] * 2, dtype='bfloat16',
+                           global_batch=8)
+  known.step_flops = 4e12
+  assert known.window(steps=10, seconds=4.0)['mfu'] == pytest.approx(5.0 / 197.0)
+
+
+def test_cpu_peak_is_the_measured_matmul_rate_shared_by_the_cpu_devices():
+  rate = throughput.measured_matmul_tflops()
+  assert rate > 0 and throughput.measured_matmul_tflops() == rate  # Measured once.
+  peak, _ = throughput.device_peak(jax.devices()[:2], 'bfloat16')
+  assert peak == pytest.approx(rate / len(jax.local_devices()))
+
+
+@pytest.mark.parametrize('num_devices', [1, 8])
+def test_step_flops_sum_the_devices_of_a_sharded_program(num_devices):
+  # XLA's count for a program partitioned over n devices is one device's: Meter multiplies by n.
+  b, d = 64, 128
+  mesh = sharding.create_mesh(jax.devices()[:num_devices])
+  step = jax.jit(lambda w, x: jnp.tanh(x @ w) @ w.T,
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)))
+  w, x = jnp.ones((d, d)), jnp.ones((b, d))
+  per_device = throughput.compiled_flops(step.lower(w, x).compile())
+  meter = throughput.Meter(mesh.devices.flat, dtype='float32', global_batch=b)
+  meter.count_flops(step, w, x)
+  two_matmuls = 2 * (2 * b * d * d)  # The tanh adds b * d more (XLA counts it as one each).
+  assert meter.step_flops == pytest.approx(two_matmuls, rel=0.01)
+  assert per_device == pytest.approx(two_matmuls / num_devices, rel=0.01)
+
+
+def test_accumulating_step_counts_every_micro_batch(tiny_config):
+  experiment = experiment_lib.from_config(tiny_config())
+  mesh = sharding.create_mesh(jax.devices()[:2])
+  cfg = experiment.train.for_run(num_train_examples=1437, num_devices=2)
+  model = build_model(experiment.model)
+  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
+  init_rng, rng = sharding.replicated_keys(0, mesh)
+  state, shardings = sharding.create_train_state(init_rng, model, tx,
+                                                 experiment.model.input_shape, mesh)
+  batch = jax.device_put({'inputs': jnp.zeros((16, *experiment.model.input_shape)),
+                          'labels': jnp.zeros((16,), jnp.int32)}, sharding.batch_sharding(mesh))
+  counts = []
+  for k in (1, 2):
+    step = trainer.compile_train_step(model, tx, dataclasses.replace(cfg, grad_accum_steps=k),
+                                      mesh, shardings)
+    meter = throughput.Meter(mesh.devices.flat, dtype='float32', global_batch=16)
+    meter.count_flops(step, state, batch, rng, accumulation_free_step=(
+        None if k == 1 else trainer.compile_train_step(model, tx, cfg, mesh, shardings)))
+    counts.append(meter.step_flops)
+  # Uncorrected, XLA's count of the k = 2 step is about half (the scan body counted once).
+  assert counts[1] == pytest.approx(counts[0], rel=0.05)
+
+
+class _Metrics(dict):
+  """Step metrics that record when the host first reads them (a dict subclass is a pytree leaf,
+  so device_get hands it over as is and the reader iterates it)."""
+
+  def __init__(self, metrics, step, events):
+    super().__init__(metrics)
+    self._step, self._events = step, events
+
+  def _read(self):
+    if ('read', self._step) not in self._events:
+      self._events.append(('read', self._step))
+
+  def items(self):
+    self._read()
+    return super().items()
+
+  def __getitem__(self, key):
+    self._read()
+    return super().__getitem__(key)
+
+
+def test_loop_reads_metrics_one_step_late_and_logs_throughput(tmp_path, monkeypatch,
+                                                              tiny_config):
+  events = []
+  compile_step = trainer.compile_train_step
+
+  def recording_compile(*args, **kwargs):
+    jitted = compile_step(*args, **kwargs)
+
+    def step(state, batch, rng):
+      events.append(('dispatch', len([e for e in events if e[0] == 'dispatch']) + 1))
+      state, metrics = jitted(state, batch, rng)
+      return state, _Metrics(metrics, events[-1][1], events)
+    step.lower = jitted.lower
+    return step
+
+  monkeypatch.setattr(trainer, 'compile_train_step', recording_compile)
+  config = tiny_config(checkpoint_every_steps=0, log_every_steps=1)  # Saves only at the end.
+  workdir = str(tmp_path)
+  trainer.train_and_evaluate(config, workdir)
+  order = {event: i for i, event in enumerate(events)}
+  for step in range(1, 6):  # Read after the next step was dispatched.
+    assert order[('read', step)] > order[('dispatch', step + 1)], events
+  assert ('read', 6) in order  # The last step's metrics are read (and logged) too.
+
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  t = summary['throughput']
+  assert t['num_devices'] == 8 and t['device_kind'] == 'cpu' and t['step_tflops'] > 0
+  np.testing.assert_allclose(  # TFLOP/s per device from examples/s, by hand.
+      t['tflops_per_device'], t['step_tflops'] * t['examples_per_sec'] / 16 / 8, rtol=1e-6)
+  np.testing.assert_allclose(t['mfu'], t['tflops_per_device'] / t['peak_tflops_per_device'],
+                             rtol=1e-6)
+  assert t['core_hours'] == pytest.approx(8 * summary['wall_time_s'] / 3600, rel=0.01)
+  last = summary['final_metrics']
+  assert last['examples_per_sec_per_device'] == pytest.approx(last['examples_per_sec'] / 8)
+  assert {'mfu', 'tflops_per_device', 'core_hours', 'eta_minutes'} <= set(last)
+
+
+def test_batched_digits_input_equals_row_by_row(monkeypatch, tiny_config):
+  # Without augmentation the digits are processed a batch at a time (input throughput): the
+  # batches are those of the row-by-row pipeline, bit for bit.
+  cfg = experiment_lib.from_config(tiny_config()).data
+  assert not cfg.augment
+  batched = data.train_iterator(cfg, seed=3, batch_size=32, start_step=40)
+  create = stream.train_batches
+  monkeypatch.setattr(stream, 'train_batches',
+                      lambda *args, batched, **kwargs: create(*args, batched=False, **kwargs))
+  row_by_row = data.train_iterator(cfg, seed=3, batch_size=32, start_step=40)
+  for _ in range(3):
+    a, b = next(batched), next(row_by_row)
+    assert a.keys() == b.keys() and a['inputs'].shape == (32, 16, 16, 3)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
