@@ -181,6 +181,30 @@ def test_module_flops_of_the_final_module():
   assert abs(gmacs * 1e9 / want - 1) < 0.01
 
 
+@pytest.mark.parametrize('module', sorted(bnk.MODULE_LAYERS))
+def test_formula_counts_the_model(module):
+  """The per-layer formula (`analytic_module_cost`) has the model's exact parameters, and its
+  multiply-adds are XLA's once the padding taps are taken out (checked on a grid where every tap
+  touches the input: H = W = 1 for the 3x3 convs, T = 1 for the temporal ones)."""
+  bn = BottleneckConfig(**{**TINY, 'fuser_mlp_dim': 8, 'mixer_dim': 12, 'mhsa_dim': 8},
+                        module=module)
+  rows = bnk.analytic_module_cost(bn, module, (4, 4, 4, 16))
+  assert sum(r[2] for r in rows) == bnk.module_cost(bn, module, (4, 4, 4, 16))[1]
+  t, h, w, d = _SHAPE
+  conv = bnk.analytic_module_cost(BottleneckConfig(), 'conv2d_conv1d', _SHAPE)
+  assert sum(r[1] for r in conv) == 12 * d * d * t * h * w  # 18.35 GFLOPs, Table 13: 18.3
+
+
+def test_formula_conv_taps_against_xla():
+  bn = BottleneckConfig(**TINY)
+  for module, shape in (('conv2d_conv1d', (1, 1, 1, 16)), ('conv2d_mixer', (1, 1, 1, 16))):
+    formula = sum(r[1] for r in bnk.analytic_module_cost(bn, module, shape))
+    # 1 x 1 x 1: only the centre tap of each conv touches the input.
+    centre = formula - (9 - 1) * 16 * 16 - (3 - 1) * 16 * 16 * (module == 'conv2d_conv1d')
+    xla = bnk.module_cost(bn, module, shape)[0] * 1e9
+    assert centre <= xla < centre * 1.3 + 200  # XLA adds the norms' / activations' work
+
+
 @pytest.mark.parametrize('name', ['charades_bottleneck', 'avid_bottleneck',
                                   'moving_digits_bottleneck'])
 def test_configs_build_and_report_flops(name):

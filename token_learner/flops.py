@@ -3,6 +3,8 @@
     python -m token_learner.flops --config=configs/imagenet_tokenlearner.py \
         --config.model.tokenlearner.num_tokens=16
     python -m token_learner.flops --config=configs/charades_bottleneck.py --module=all
+    python -m token_learner.flops --config=configs/avid_bottleneck.py --module=all --breakdown \
+        --table11 --config.dataset.image_size=256
 
 GFLOPs are multiply-adds of one forward pass at batch 1 (XLA's `cost_analysis()` flops / 2), one
 view for video (Tables 1-8). Nothing is allocated: parameters come from `jax.eval_shape` and the
@@ -95,7 +97,9 @@ def main(argv):
     names = None if _MODULE.value == 'all' else (
         [model_cfg.bottleneck.module] if _MODULE.value == 'config' else _MODULE.value.split(','))
     print(bottleneck.module_table(model_cfg.bottleneck, names, tuple(
-        int(v) for v in _MODULE_SHAPE.value.split(','))))
+        int(v) for v in _MODULE_SHAPE.value.split(',')), breakdown=_BREAKDOWN.value))
+    if _TABLE11.value:
+      print(bottleneck.network_table(model_cfg))
 
 
 if __name__ == '__main__':
@@ -108,4 +112,8 @@ if __name__ == '__main__':
       "module), 'all', or comma-separated names of token_learner.bottleneck.MODULE_LAYERS")
   _MODULE_SHAPE = flags.DEFINE_string(
       'module_shape', '64,8,8,432', 'T,H,W,d of the per-module input (the paper: 64,8,8,432)')
+  _BREAKDOWN = flags.DEFINE_bool('breakdown', False, 'with --module: per-layer formula rows')
+  _TABLE11 = flags.DEFINE_bool(
+      'table11', False, "with --module: Table 11's whole-network rows at the config's input "
+      '(--config.dataset.image_size=256 for the paper\'s test size)')
   app.run(main)
