@@ -119,3 +119,20 @@ def test_bad_sharding_names_the_field(tiny_config):
     experiment_lib.from_config(tiny_config(sharding='zero3'))
   with pytest.raises(ValueError, match="mesh axis 'batch'"):
     experiment_lib.from_config(tiny_config(sharding_rules=[('kernel', ('batch',))]))
+
+
+def test_tensor_parallel_rules_split_heads_and_mlp_in_both_layer_layouts():
+  """Unrolled `encoderblock_{i}` and scanned `encoderblock_scan_{k}` ([L, ...] stacked) kernels
+  get the same head / MLP split, the scanned ones shifted past their layer axis."""
+  mesh = sharding.create_mesh(jax.devices()[:8], (2, 4))
+  block = 'Transformer/encoderblock_3/'
+  scanned = 'Transformer/encoderblock_scan_1/'
+  attention = 'MultiHeadDotProductAttention_1/'
+  spec = lambda path, shape: sharding.partition_spec(path, shape, mesh, sharding.TP_RULES)
+  assert spec(block + attention + 'query/kernel', (64, 8, 8)) == P(None, 'model', None)
+  assert spec(scanned + attention + 'query/kernel', (6, 64, 8, 8)) == P(None, None, 'model', None)
+  assert spec(block + attention + 'out/kernel', (8, 8, 64)) == P('model', None, None)
+  assert spec(scanned + attention + 'out/kernel', (6, 8, 8, 64)) == P(None, 'model', None, None)
+  assert spec(block + 'MlpBlock_3/Dense_0/kernel', (64, 256)) == P(None, 'model')
+  assert spec(scanned + 'MlpBlock_3/Dense_1/kernel', (6, 256, 64)) == P(None, 'model', None)
+  assert spec(block + attention + 'query/kernel', (64, 6, 8)) == P()  # 6 heads, 4-way: replicated.

@@ -43,7 +43,7 @@ FSDP_MIN_SIZE = 2 ** 12  # Elements: matrices are sharded, biases and LayerNorm 
 # heads (column parallel), the output kernel [heads, head_dim, C] by heads (row parallel); the
 # MLP's first kernel [C, M] by columns, its second [M, C] by rows. One all-reduce per block.
 _ATTENTION = r'MultiHeadDotProductAttention[^/]*/'
-TP_RULES = (
+_TP_BLOCK_RULES = (
     (_ATTENTION + r'(query|key|value)/kernel$', (None, 'model', None)),
     (_ATTENTION + r'(query|key|value)/bias$', ('model', None)),
     (_ATTENTION + r'out/kernel$', ('model', None, None)),
@@ -51,6 +51,9 @@ TP_RULES = (
     (r'MlpBlock[^/]*/Dense_0/bias$', ('model',)),
     (r'MlpBlock[^/]*/Dense_1/kernel$', ('model', None)),
 )
+# Scanned blocks (config.model.scan_layers) stack the same parameters with a leading layer axis.
+TP_RULES = tuple((r'encoderblock_scan_\d+/.*' + pattern, (None, *spec))
+                 for pattern, spec in _TP_BLOCK_RULES) + _TP_BLOCK_RULES
 # config.sharding -> (rules after config.sharding_rules, FSDP over 'data').
 RULE_SETS = {'replicated': ((), False), 'fsdp': ((), True), 'tp': (TP_RULES, False),
              'fsdp_tp': (TP_RULES, True)}
