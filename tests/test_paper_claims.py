@@ -26,7 +26,8 @@ def test_stat_and_tolerance_match_numpy():
 
 
 def test_verdicts_follow_the_numbers():
-  assert pc.pooling_verdict({'tokenlearner': stat(1, .95, .96), 'spatial_pool': stat(1, .90, .91)})[0]
+  assert pc.pooling_verdict({'tokenlearner': stat(1, .95, .96),
+                             'spatial_pool': stat(1, .90, .91)})[0]
   # A gain inside the seeds' spread is not a win.
   assert not pc.pooling_verdict({'tokenlearner': stat(1, .95, .99),
                                  'spatial_pool': stat(1, .94, .97)})[0]
@@ -63,32 +64,44 @@ def test_run_config_applies_overrides_and_schedule():
   assert config.model.tokenlearner.num_tokens == 0
 
 
-def test_report_end_to_end(tmp_path):
-  """Two runs x one seed of 2 steps, then the report reads back their summaries."""
+def test_train_all_then_report(tmp_path, monkeypatch):
+  """train_all hands each (run, seed) config to the trainer once (the trainer stands in: it writes
+  the summary.json a run writes); the report tabulates those summaries and draws the figure."""
+  import trainer  # pylint: disable=g-import-not-at-top
   pooling = [c for c in pc.CLAIMS if c.key == 'pooling']
   workdir, out = str(tmp_path / 'runs'), str(tmp_path / 'docs')
+  calls = []
+
+  def fake_train_and_evaluate(config, run_workdir):
+    calls.append((config.model.tokenlearner.num_tokens, config.seed, config.num_train_steps))
+    os.makedirs(run_workdir, exist_ok=True)
+    accuracy = 0.5 + 0.1 * config.seed + 0.01 * config.model.tokenlearner.num_tokens
+    with open(os.path.join(run_workdir, 'summary.json'), 'w') as f:
+      json.dump({'gflops': 0.001 * (1 + config.model.tokenlearner.num_tokens), 'steps': 2,
+                 'wall_time_s': 30.0, 'final_metrics': {'eval_accuracy': accuracy}}, f)
+
+  monkeypatch.setattr(trainer, 'train_and_evaluate', fake_train_and_evaluate)
   root = lambda run: pc.run_dir(workdir, pooling[0], run, 2)
   assert root('tokenlearner') != root('spatial_pool')
-  first = pc.summary_path(root('tokenlearner'), 0)
-  os.makedirs(os.path.dirname(first))
-  with open(first, 'w') as f:
-    json.dump({'gflops': 1.0, 'final_metrics': {'eval_accuracy': 0.5}, 'wall_time_s': 1.0}, f)
-  with pytest.raises(FileNotFoundError, match='spatial_pool seed 0'):
-    pc.collect(pooling[0], workdir, seeds=1, steps_override=2)
-  os.remove(first)
-  pc.train_all(pooling, workdir, seeds=1, steps_override=2, log=lambda _: None)
-  verdicts = pc.write_report(out, pooling, workdir, seeds=1, steps_override=2)
+  pc.train_all(pooling, workdir, seeds=2, steps_override=2, log=lambda _: None)
+  assert sorted(calls) == [(0, 0, 2), (0, 1, 2), (4, 0, 2), (4, 1, 2)]
+  pc.train_all(pooling, workdir, seeds=2, steps_override=2, log=lambda _: None)
+  assert len(calls) == 4  # Finished runs are not trained again.
+  os.remove(pc.summary_path(root('spatial_pool'), 1))
+  with pytest.raises(FileNotFoundError, match='spatial_pool seed 1'):
+    pc.collect(pooling[0], workdir, seeds=2, steps_override=2)
+  pc.train_all(pooling, workdir, seeds=2, steps_override=2, log=lambda _: None)
+  verdicts = pc.write_report(out, pooling, workdir, seeds=2, steps_override=2, note='Busy.')
   report = open(os.path.join(out, 'paper_claims.md')).read()
-  for run in ('tokenlearner', 'spatial_pool'):
-    with open(pc.summary_path(root(run), 0)) as f:
-      summary = json.load(f)
-    assert summary['steps'] == 2
-    row = (f"| {run} | {summary['gflops']:.4f} | "
-           f"{100 * summary['final_metrics']['eval_accuracy']:.2f} |")
-    assert row in report
+  # tokenlearner: 0.54 and 0.64 (mean 59.00, std 7.07); spatial_pool: 0.50 and 0.60.
+  assert '| tokenlearner | 0.0050 | 59.00 | 7.07 | 54.00 | 64.00 |' in report
+  assert '| spatial_pool | 0.0010 | 55.00 | 7.07 | 50.00 | 60.00 |' in report
+  assert 'Wall time of the 4 training runs' in report and '2.0 min. Busy.' in report
+  # +4 points, but the seeds spread 7.07 each: within the noise, so no agreement is claimed.
+  stats = pc.collect(pooling[0], workdir, 2, 2)
+  assert verdicts == [('pooling', False, pc.pooling_verdict(stats)[1])]
+  assert 'within the noise' in verdicts[0][2] and verdicts[0][2] in report
   assert os.path.getsize(os.path.join(out, 'paper_claims_pooling.png')) > 1000
-  assert verdicts[0][0] == 'pooling' and verdicts[0][2] in report
-  assert '2 runs' in report and '2 steps' in report
 
 
 def test_equal_configs_share_one_run_directory():

@@ -94,7 +94,8 @@ def location_verdict(s: Dict[str, Stat]) -> Verdict:
   best = max(cheap, key=lambda k: s[k].mean) if cheap else None
   matches = best is not None and compare(s[best], vit) >= 0
   rises = compare(s[locs[-1]], s[locs[0]]) >= 0
-  text = (f'Accuracy from the earliest to the latest location: {pts(s[locs[-1]].mean - s[locs[0]].mean)}'
+  gain = s[locs[-1]].mean - s[locs[0]].mean
+  text = (f'Accuracy from the earliest to the latest location: {pts(gain)}'
           f' points ({"not below" if rises else "below"}, the paper: later is better). ')
   if best is None:
     return False, text + 'No location costs <= 0.75x the ViT GFLOPs.'
@@ -293,8 +294,8 @@ def claim_section(claim: Claim, stats: Dict[str, Stat], seeds: int, steps: Optio
   return '\n'.join(lines)
 
 
-def write_report(out, claims, workdir, seeds,
-                 steps_override=None) -> List[Tuple[str, bool, str]]:
+def write_report(out, claims, workdir, seeds, steps_override=None,
+                 note: str = '') -> List[Tuple[str, bool, str]]:
   """OUT/paper_claims.md and one figure per claim; returns (claim, agrees, sentence) rows."""
   os.makedirs(out, exist_ok=True)
   sections, verdicts, walls = [], [], {}
@@ -316,7 +317,7 @@ def write_report(out, claims, workdir, seeds,
           '']
   head += [f'Wall time of the {sum(n for _, n in walls.values())} training runs (distinct '
            f'configs x seeds, from their summary.json files, compilation included): '
-           f'{sum(w for w, _ in walls.values()) / 60:.1f} min.', '']
+           f'{sum(w for w, _ in walls.values()) / 60:.1f} min.' + (f' {note}' if note else ''), '']
   head += ['| claim | agrees with the paper | evidence |', '|---|---|---|']
   head += [f'| {key} | {"yes" if agrees else "no"} | {sentence} |'
            for key, agrees, sentence in verdicts]
@@ -334,6 +335,8 @@ def parse_args(argv=None):
   parser.add_argument('--only', default='', help=f'Comma-separated subset of {CLAIM_KEYS}.')
   parser.add_argument('--steps', type=int, default=None,
                       help='Train steps of every run (default: each claim\'s schedule).')
+  parser.add_argument('--note', default='', help='A sentence for the report\'s header, e.g. '
+                      'on what machine and under which load the runs trained.')
   args = parser.parse_args(argv)
   only = [k for k in args.only.split(',') if k]
   unknown = sorted(set(only) - set(CLAIM_KEYS))
@@ -348,7 +351,7 @@ def main(argv=None):
   args, claims = parse_args(argv)
   train_all(claims, args.workdir, args.seeds, args.steps)
   for key, agrees, sentence in write_report(args.out, claims, args.workdir, args.seeds,
-                                            args.steps):
+                                            args.steps, args.note):
     print(f'{key:9s} {"agrees" if agrees else "DOES NOT AGREE"}: {sentence}')
 
 
