@@ -35,6 +35,8 @@ def test_verdicts_follow_the_numbers():
           'no_fuser': stat(1, .94)}
   assert pc.fuser_verdict(base)[0]
   assert not pc.fuser_verdict({**base, 'unpool': stat(2, .97)})[0]
+  within = {k: stat(2, .95) for k in base}
+  assert not pc.fuser_verdict(within)[0]  # No difference beyond the noise: no agreement claimed.
   video = {'vivit': stat(10, .91, .92), 'tl8_loc1': stat(4, .88, .89), 'tl8_loc2': stat(7, .95)}
   agrees, sentence = pc.video_verdict(video)
   assert not agrees and 'tl8_loc1' in sentence  # loc2 costs 0.7x: not a candidate.
