@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jitted_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import digits_tokenlearner  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import imagenet_tokenlearner  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -67,14 +68,7 @@ def input_rate(run) -> np.ndarray:
 
 def step_rate(run, steps: int) -> np.ndarray:
   """(wall, CPU) examples/s of the jitted train step on one device-resident batch."""
-  mesh = sharding.create_mesh()
-  cfg = run.train.for_run(num_train_examples=10 ** 6, num_devices=mesh.size)
-  model = build_model(run.model)
-  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
-  init_rng, rng = sharding.replicated_keys(cfg.seed, mesh)
-  state, shardings = sharding.create_train_state(init_rng, model, tx, run.model.input_shape,
-                                                 mesh, cfg.sharding_rules)
-  step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
+  step, state, rng, cfg, mesh = jitted_step.jitted_train_step(run)
   batch = jax.device_put({'inputs': jnp.zeros((cfg.batch_size, *run.model.input_shape)),
                           'labels': jnp.zeros((cfg.batch_size,), jnp.int32)},
                          sharding.batch_sharding(mesh))

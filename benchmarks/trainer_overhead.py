@@ -31,6 +31,7 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jitted_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from token_learner import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from token_learner import data  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -99,14 +100,7 @@ def trainer_step_time(config, host_batches=None) -> np.ndarray:
 def bare_step_time(config, batches) -> np.ndarray:
   """Mean (wall, CPU) seconds per step of the jitted step alone over the same steps."""
   run = experiment.from_config(config)
-  mesh = sharding.create_mesh()
-  cfg = run.train.for_run(num_train_examples=10 ** 6, num_devices=mesh.size)
-  model = build_model(run.model)
-  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
-  init_rng, rng = sharding.replicated_keys(cfg.seed, mesh)
-  state, shardings = sharding.create_train_state(init_rng, model, tx, run.model.input_shape,
-                                                 mesh, cfg.sharding_rules)
-  step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
+  step, state, rng, cfg, mesh = jitted_step.jitted_train_step(run)
   for batch in batches[:FLAGS.warmup]:
     state, metrics = step(state, batch, rng)
   jax.block_until_ready(metrics)
