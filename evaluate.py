@@ -1,14 +1,17 @@
-r"""Evaluates a run's checkpoint on the whole eval split, without training or writing checkpoints.
+r"""Evaluates a run's checkpoint with the run's evaluators, without training or writing checkpoints.
 
   python evaluate.py --workdir=/tmp/token_learner                 # the latest checkpoint
   python evaluate.py --workdir=/tmp/md_tl --step=800 --split=test
-  python evaluate.py --workdir=DIR --config=configs/X.py --config.dataset.eval_split=validation
+  python evaluate.py --workdir=DIR --evals=eval,fewshot --fewshot
 
-Runs the trainer's own eval step (multi-view averaging for video, mAP for multi-label data, the
-metrics the config asks for) over every example of the split once, on all devices (and processes:
-launch it like main.py), and writes WORKDIR/eval_<step>.json; --fewshot adds the few-shot linear
-accuracies of `config.fewshot` (token_learner/train/fewshot.py). The config is the run's (saved in
-WORKDIR/summary.json) unless --config names one. Nothing in WORKDIR/checkpoints is touched.
+Runs the evaluators of `config.evals` (token_learner.evals: classification with multi-view
+averaging for video, mAP for multi-label data, the metrics the config asks for; few-shot) over
+their splits once, on all devices (and processes: launch it like main.py), and writes
+WORKDIR/eval_<step>.json with `<evaluator>_<metric>` keys. The config is the one stored with the
+checkpoint unless --config names one. --split replaces the dataset's eval split (evaluators with
+a split of their own keep it); --fewshot adds a few-shot evaluator ('fewshot', the defaults of
+token_learner.evals.config.FewShotEval) if the config has none. Nothing in WORKDIR/checkpoints is
+touched.
 """
 import json
 import os
@@ -19,70 +22,68 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from token_learner import build_model
 from token_learner import data
+from token_learner import evals as evals_lib
 from token_learner import experiment as experiment_lib
-from token_learner import fields
 from token_learner.train import checkpoints
-from token_learner.train import fewshot as fewshot_lib
-from token_learner.train import optim
-from token_learner.train import sharding
-import trainer
-from tools import attention_maps
+from token_learner.train import setup
 
-flags.DEFINE_string('workdir', None, 'The run: its checkpoints (and summary.json).')
-config_flags.DEFINE_config_file('config', None, 'Config of the run (default: the saved one).',
+flags.DEFINE_string('workdir', None, 'The run: its checkpoints.')
+config_flags.DEFINE_config_file('config', None, 'Config of the run (default: the checkpoint\'s).',
                                 lock_config=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
-flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s eval split).')
-flags.DEFINE_bool('fewshot', False, 'Also run the few-shot linear evaluation (config.fewshot: '
-                  'shots, seeds, splits) on the checkpoint\'s pre-logit features.')
+flags.DEFINE_string('split', None, 'Eval split (default: the config\'s).')
+flags.DEFINE_list('evals', None, 'Evaluators of config.evals to run (default: all but '
+                  'attention_maps).')
+flags.DEFINE_bool('fewshot', False, 'Also run a few-shot linear evaluation on the checkpoint\'s '
+                  'pre-logit features if config.evals has none.')
 flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 
-def evaluate_checkpoint(config, workdir: str, step=None, split=None, fewshot=False) -> dict:
-  """{'step', 'split', 'eval_*' metrics (and 'fewshot_*')} of checkpoint `step` (default: the
-  latest) of `workdir`."""
-  experiment = experiment_lib.from_config(config)
-  data_cfg = experiment.data
+def _with_options(config, split=None, names=None, fewshot=False) -> dict:
+  """The config dict with the command line's split, evaluator selection and few-shot."""
+  config = json.loads(json.dumps(experiment_lib.as_dict(config), default=list))
   if split:
-    data_cfg = data.from_dict({**fields.section_dict(data_cfg), 'eval_split': split},
-                              num_classes=data_cfg.num_classes)
+    config['dataset']['eval_split'] = split
+  evals = dict(config.get('evals') or {'eval': {'kind': 'classification'}})
+  if fewshot and not any(e.get('kind') == 'fewshot' for e in evals.values()):
+    evals['fewshot'] = {'kind': 'fewshot'}
+  if names is not None:
+    unknown = sorted(set(names) - set(evals))
+    if unknown:
+      raise ValueError(f'--evals: {unknown[0]!r} is not in config.evals ({sorted(evals)})')
+    evals = {k: v for k, v in evals.items() if k in names}
+  else:
+    evals = {k: v for k, v in evals.items() if v.get('kind') != 'attention_maps'}
+  config['evals'] = evals
+  return config
+
+
+def evaluate_checkpoint(config, workdir: str, step=None, split=None, fewshot=False,
+                        names=None) -> dict:
+  """{'step', 'split', '<evaluator>_<metric>' of every evaluator} of checkpoint `step` (default:
+  the latest) of `workdir`; `config` None: the one stored with the checkpoint."""
   path = workdir if step is None else os.path.join(workdir, checkpoints.CHECKPOINTS, str(step))
   item = checkpoints.item_dir(path)
   step = int(re.search(r'(\d+)(/[^/]*)?$', item.rstrip('/')).group(1))
-  mesh = sharding.create_mesh(mesh_shape=experiment.train.mesh_shape)
-  info = data.dataset_info(data_cfg)
-  cfg = experiment.train.for_run(num_train_examples=info.num_train, num_devices=mesh.size,
-                                 num_processes=jax.process_count())
-  model = build_model(experiment.model)
-  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
-  init_rng, _ = sharding.replicated_keys(cfg.seed, mesh)
-  abstract, shardings = sharding.abstract_train_state(
-      init_rng, model, tx, experiment.model.input_shape, mesh, sharding.rules_of(cfg))
-  params = sharding.place(checkpoints.restore_params(item), shardings.params, abstract.params)
-  eval_step = trainer.compile_eval_step(model, cfg, mesh, shardings.params, data_cfg.is_video)
-  eval_input = data.eval_input(data_cfg, batch_size=cfg.eval_batch_size,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count())
-  metrics = trainer.evaluate(eval_step, params, eval_input, mesh)
-  result = {'step': step, 'split': data_cfg.eval_split,
-            **{f'eval_{k}': v for k, v in metrics.items()}}
-  if fewshot:
-    batches = sharding.batch_sharding(mesh)
-    evaluator = fewshot_lib.FewShotEvaluator(experiment.fewshot, experiment.data, mesh, batches)
-    result.update(evaluator(fewshot_lib.compile_features(model, shardings.params, batches),
-                            params))
+  if config is None:
+    config = checkpoints.saved_config(item)
+  experiment = experiment_lib.from_config(_with_options(config, split, names, fewshot))
+  checked = evals_lib.check(experiment, data.dataset_info)
+  run = setup.build(experiment, num_train_examples=data.dataset_info(experiment.data).num_train)
+  params = run.place_params(checkpoints.restore_params(item))
+  result = {'step': step, 'split': experiment.data.eval_split}
+  for evaluator in evals_lib.build(run, checked):
+    result.update(evals_lib.prefixed(evaluator.name, evaluator(params)[0]))
   return result
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = FLAGS.config if FLAGS.config is not None else attention_maps.saved_config(
-      FLAGS.workdir)
-  result = evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step, FLAGS.split, FLAGS.fewshot)
+  result = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.split,
+                               FLAGS.fewshot, FLAGS.evals)
   if jax.process_index() == 0:
     path = os.path.join(FLAGS.workdir, f'eval_{result["step"]}.json')
     with open(path + '.tmp', 'w') as f:

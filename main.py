@@ -21,8 +21,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-import trainer
 from token_learner import fields
+from token_learner.train import loop
 from token_learner.train import preemption
 
 FLAGS = flags.FLAGS
@@ -87,7 +87,7 @@ def main(argv):
 def train(config, workdir, allow_config_change=()):
   """train_and_evaluate; a config error exits 2 with one line, a preemption exits 75."""
   try:
-    trainer.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
+    loop.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   except fields.ConfigError as e:  # One line naming the field, no traceback.
     sys.stderr.write(f'main.py: config error: {e}\n')
     sys.exit(2)

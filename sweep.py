@@ -25,7 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from token_learner import tree
-from tools import plots
+from token_learner import plots
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Root directory; each run goes to WORKDIR/<name>.')

@@ -7,7 +7,7 @@ For an image model, each input beside its S token maps (one row per TokenLearner
 for a video model, frames x tokens. Writes `OUT/example_<i>.png` (OUT defaults to WORKDIR/maps)
 and `OUT/token_stats.json`: per TokenLearner the mean entropy of its maps and the mean overlap
 between its tokens (`token_learner.diagnostics`; an overlap near 1 means collapsed tokens). The
-run's config is the one saved in WORKDIR/summary.json, unless --config names one.
+run's config is the one stored with the checkpoint, unless --config names one.
 """
 import json
 import os
@@ -18,9 +18,9 @@ from ml_collections import config_flags
 
 from token_learner import experiment as experiment_lib
 from token_learner.train import checkpoints
-from tools import attention_maps
+from token_learner.evals import attention_maps
 
-flags.DEFINE_string('workdir', None, 'The run: its checkpoints and summary.json.')
+flags.DEFINE_string('workdir', None, 'The run: its checkpoints.')
 config_flags.DEFINE_config_file('config', None, 'Config of the run (default: the saved one).',
                                 lock_config=True)
 flags.DEFINE_string('split', None, 'Split to draw examples from (default: the eval split).')
@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = FLAGS.config if FLAGS.config is not None else attention_maps.saved_config(FLAGS.workdir)
+  config = FLAGS.config if FLAGS.config is not None else checkpoints.saved_config(FLAGS.workdir)
   experiment = experiment_lib.from_config(config)
   params = checkpoints.restore_params(FLAGS.workdir)
   inputs = attention_maps.examples(experiment.data, FLAGS.split, FLAGS.num_examples)

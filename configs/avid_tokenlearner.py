@@ -1,7 +1,7 @@
 r"""AViD (§6.1.1, Table 11): the Charades model (configs/charades_tokenlearner.py) on 887 classes.
 
 Single-label (softmax cross-entropy, label smoothing 0.2 as in B.3), reported as mean per-class
-accuracy (token_learner.train.losses.mean_per_class_accuracy, reported as
+accuracy (token_learner.train.metrics.mean_per_class_accuracy, reported as
 eval_mean_per_class_accuracy: config.mean_per_class_accuracy). B.3: batch 8 per core x 64 = 512,
 100k steps (~125 epochs). Eval: 4 clips x 3 crops, logits averaged.
 

@@ -40,7 +40,7 @@ def get_config():
       seed=0, batch_size=256, eval_batch_size=32, num_train_steps=100_000, optimizer='momentum',
       momentum=0.9, learning_rate=0.8, lr_schedule='cosine', warmup_steps=2_000,
       weight_decay=5e-5, grad_clip_norm=0.0, label_smoothing=0.0, loss='sigmoid_xent',
-      log_every_steps=100, eval_every_steps=10_000, checkpoint_every_steps=1_000,
+      log_every_steps=100, evals={'eval': common.eval_config(every_steps=10_000)}, checkpoint_every_steps=1_000,
       keep_checkpoints=3, eval_average='probs', model=model,
       dataset=common.dataset_config(
           'charades', multi_label=True,

@@ -1,7 +1,7 @@
 r"""Charades (§6.1.1, Table 10): ViViT-B/16 + TokenLearner (8 tokens) + TokenFuser, 64-frame clips.
 
 Multi-label: 157 classes, any number per video, sigmoid cross-entropy, mAP ("v1 classification",
-token_learner.train.losses.mean_average_precision, as the official devkit: videos without labels
+token_learner.train.metrics.mean_average_precision, as the official devkit: videos without labels
 rank last in every class, classes without positives are skipped). 64 frames (12 fps, §6.1.1)
 at 224x224, tubelets 2x16x16 -> 32 x 14 x 14 tokens; from layer 6 on, every layer is TokenLearner (8 tokens per temporal
 slice: 256 tokens) -> Transformer block -> TokenFuser (Fig. 3(b), Fig. 8). Test views: 64-frame
@@ -34,7 +34,7 @@ def get_config():
       seed=0, batch_size=256, eval_batch_size=32, num_train_steps=100_000, optimizer='momentum',
       momentum=0.9, learning_rate=0.05, lr_schedule='cosine', warmup_steps=2_500,
       weight_decay=0.0, grad_clip_norm=1.0, label_smoothing=0.0, loss='sigmoid_xent',
-      log_every_steps=100, eval_every_steps=5_000, checkpoint_every_steps=1_000,
+      log_every_steps=100, evals={'eval': common.eval_config(every_steps=5_000)}, checkpoint_every_steps=1_000,
       keep_checkpoints=3,
       eval_average='probs',  # sigmoid probabilities of the segments, averaged per video
       model=common.model_config(name='vivit', variant='B/16', num_classes=157, num_tokens=8,

@@ -2,7 +2,8 @@
 
 The defaults themselves live in one place, the dataclasses of the config boundary
 (`token_learner.model_config.ModelConfig`, `token_learner.data.ImageData` / `VideoData`,
-`token_learner.train.config.TrainConfig`, `token_learner.pretrained.InitConfig`). These helpers
+`token_learner.train.config.TrainConfig`, `token_learner.pretrained.InitConfig`,
+`token_learner.evals.config`). These helpers
 turn them into ConfigDict sections with every field present, so `--config.a.b=value` works for
 each of them on the command line; fields whose default is None become typed placeholders.
 """
@@ -17,7 +18,7 @@ from token_learner import fields
 from token_learner.model_config import ModelConfig, TokenLearnerConfig
 from token_learner.pretrained import InitConfig
 from token_learner.train.config import TrainConfig
-from token_learner.train.fewshot import FewShotConfig
+from token_learner.evals import config as evals_config
 
 
 def _placeholder_type(cls, name):
@@ -58,13 +59,20 @@ def dataset_config(name: str, **dataset) -> ml_collections.ConfigDict:
   return section(cls, name=name, **dataset)
 
 
-def experiment_config(*, model, dataset, **trainer) -> ml_collections.ConfigDict:
+def eval_config(kind: str = 'classification', **fields_) -> ml_collections.ConfigDict:
+  """One `config.evals.<name>` section: every field of the kind's dataclass
+  (token_learner.evals.config), its defaults with `fields_`."""
+  return section(evals_config.KINDS[kind], kind=kind, **fields_)
+
+
+def experiment_config(*, model, dataset, evals=None, **trainer) -> ml_collections.ConfigDict:
   """A whole config: the trainer's fields (TrainConfig defaults with `trainer`), `model`,
-  `dataset`, an `init_from` section (InitConfig defaults: a fresh initialisation) and a `fewshot`
-  section (FewShotConfig defaults: off)."""
+  `dataset`, an `init_from` section (InitConfig defaults: a fresh initialisation) and `evals`
+  ({name: eval_config(...)}; default: one classification evaluator 'eval' at the end)."""
   config = section(TrainConfig, **trainer)
   config.model = model
   config.dataset = dataset
   config.init_from = section(InitConfig)
-  config.fewshot = section(FewShotConfig)
+  config.evals = ml_collections.ConfigDict(
+      evals if evals is not None else {evals_config.DEFAULT_NAME: eval_config()})
   return config

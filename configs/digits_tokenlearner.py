@@ -18,7 +18,7 @@ def get_config():
       seed=0, batch_size=128, eval_batch_size=128, num_train_steps=1500, optimizer='adamw',
       learning_rate=3e-3, lr_schedule='cosine', warmup_steps=100, weight_decay=0.05,
       grad_clip_norm=1.0, label_smoothing=0.1, mixup_alpha=0.0, log_every_steps=100,
-      eval_every_steps=500, checkpoint_every_steps=500, keep_checkpoints=2,
+      evals={'eval': common.eval_config(every_steps=500)}, checkpoint_every_steps=500, keep_checkpoints=2,
       model=common.model_config(name='vit', variant='Mu/4', num_classes=10, num_tokens=8, loc=1,
                                 version='v1', fuser=False),
       dataset=common.dataset_config('digits', train_split='train', eval_split='test',

@@ -34,7 +34,7 @@ def get_config():
       batch_size=batch_size, eval_batch_size=1024,
       num_train_steps=90 * (IMAGENET21K_TRAIN_SIZE - HELD_OUT) // batch_size,
       optimizer='adamw', learning_rate=1e-3, lr_schedule='linear', warmup_steps=10_000,
-      weight_decay=0.03, grad_clip_norm=1.0, log_every_steps=100, eval_every_steps=10_000,
+      weight_decay=0.03, grad_clip_norm=1.0, log_every_steps=100, evals={'eval': common.eval_config(every_steps=10_000)},
       checkpoint_every_steps=2_000,
       model=common.model_config(name='vit', variant='B/16', num_classes=21_843, num_tokens=8,
                                 loc=6, version='v1', fuser=False, representation_size=768,

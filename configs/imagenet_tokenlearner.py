@@ -41,7 +41,7 @@ def get_config():
   return common.experiment_config(
       batch_size=512, eval_batch_size=512, num_train_steps=20_000, learning_rate=0.01,
       optimizer='momentum', warmup_steps=500, grad_clip_norm=1.0, log_every_steps=100,
-      eval_every_steps=1000, checkpoint_every_steps=1000,
+      evals={'eval': common.eval_config(every_steps=1000)}, checkpoint_every_steps=1000,
       model=common.model_config(name='vit', variant='B/16', num_classes=1000, num_tokens=8,
                                 loc=6, version='v1', fuser=False),
       dataset=common.dataset_config(

@@ -27,7 +27,7 @@ def get_config():
       learning_rate=0.05, lr_schedule='cosine', label_smoothing=0.1, grad_clip_norm=1.0,
       num_train_steps=30 * KINETICS400_TRAIN_SIZE // batch_size,
       warmup_steps=int(2.5 * KINETICS400_TRAIN_SIZE // batch_size), log_every_steps=100,
-      eval_every_steps=5000, checkpoint_every_steps=1000,
+      evals={'eval': common.eval_config(every_steps=5000)}, checkpoint_every_steps=1000,
       model=common.model_config(name='vivit', variant='L/16', num_classes=400, num_tokens=16,
                                 loc=12, version='v1', fuser=False, tubelet_size=2,
                                 stochastic_depth=0.1),

@@ -45,7 +45,7 @@ def get_config():
       seed=0, batch_size=16, eval_batch_size=64, num_train_steps=1000, optimizer='adamw',
       learning_rate=3e-3, lr_schedule='cosine', warmup_steps=30, weight_decay=0.05,
       grad_clip_norm=1.0, label_smoothing=0.0, loss='sigmoid_xent', log_every_steps=50,
-      eval_every_steps=0, checkpoint_every_steps=0, keep_checkpoints=1, eval_average='probs',
+      checkpoint_every_steps=0, keep_checkpoints=1, eval_average='probs',
       model=model,
       dataset=common.dataset_config(
           'moving_digits', directions=2, digits_per_video=2, multi_label=True,

@@ -19,7 +19,7 @@ def get_config():
       seed=0, batch_size=64, eval_batch_size=64, num_train_steps=1200, optimizer='adamw',
       learning_rate=2e-3, lr_schedule='cosine', warmup_steps=100, weight_decay=0.05,
       grad_clip_norm=1.0, label_smoothing=0.1, loss='softmax_xent', log_every_steps=100,
-      eval_every_steps=0, checkpoint_every_steps=400, keep_checkpoints=2,
+      checkpoint_every_steps=400, keep_checkpoints=2,
       # Multi-view evaluation: a video's views are averaged ('logits' or 'probs') before metrics.
       eval_average='logits',
       model=common.model_config(name='vivit', variant='Mu/4', num_classes=40, num_tokens=0,

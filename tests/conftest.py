@@ -69,7 +69,7 @@ def _tiny_config(**overrides):
       'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
       'batch_size': 16,
       'eval_batch_size': 64,  # 360 test digits: the last batch is padded with 24 masked rows.
-      'num_train_steps': 6, 'warmup_steps': 2, 'log_every_steps': 2, 'eval_every_steps': 0,
+      'num_train_steps': 6, 'warmup_steps': 2, 'log_every_steps': 2,
       'checkpoint_every_steps': 2, 'keep_checkpoints': 5})
   for key, value in overrides.items():
     config.update_from_flattened_dict({key: value})

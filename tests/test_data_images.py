@@ -386,7 +386,7 @@ def test_tfds_imagenet_real_eval_carries_real_labels():
   """config.dataset.eval_name='imagenet2012_real': eval batches carry the ReaL sets as multi-hot
   'real_labels' (padding rows all zero), and the ReaL accuracy of given scores matches a count
   over the raw TFDS records (images with an empty set skipped)."""
-  from token_learner.train import losses  # pylint: disable=g-import-not-at-top
+  from token_learner.train import metrics  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=10):
     cfg = make_cfg(name='imagenet2012', eval_name='imagenet2012_real', image_size=16,
                    eval_split='validation', shuffle_buffer=8)
@@ -399,11 +399,11 @@ def test_tfds_imagenet_real_eval_carries_real_labels():
   np.testing.assert_array_equal(labels[:10], [r['original_label'] for r in records])
   logits = np.random.default_rng(0).normal(size=(12, 1000)).astype(np.float32)
   logits[np.arange(0, 10, 2), labels[:10:2]] += 100.0  # some predictions on the original label
-  m = losses.ClassificationMetrics.single_from_model_output(
+  m = metrics.ClassificationMetrics.single_from_model_output(
       logits=logits, targets=np.eye(1000, dtype=np.float32)[labels], loss=np.zeros(12),
       mask=mask, real_labels=real)
   top = logits.argmax(-1)[:10]
   valid = [i for i in range(10) if want_sets[i]]
   if valid:
     want = np.mean([top[i] in want_sets[i] for i in valid])
-    assert losses.eval_results(m)['real_accuracy'] == pytest.approx(want)
+    assert metrics.eval_results(m)['real_accuracy'] == pytest.approx(want)

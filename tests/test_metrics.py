@@ -1,26 +1,27 @@
-"""token_learner.train.losses (metrics part) against hand-computed values."""
+"""token_learner.train.metrics and losses.average_views against hand-computed values."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from token_learner.train import losses as metrics
+from token_learner.train import losses
+from token_learner.train import metrics
 
 
 def test_average_views_logits_and_probs_by_hand():
   logits = np.array([[[1.0, 3.0], [3.0, -1.0], [2.0, 1.0]],
                      [[0.0, 0.0], [4.0, 2.0], [-2.0, 2.0]]], np.float32)  # [N=2, V=3, K=2]
-  np.testing.assert_allclose(metrics.average_views(logits, 'logits'),
+  np.testing.assert_allclose(losses.average_views(logits, 'logits'),
                              [[2.0, 1.0], [2 / 3, 4 / 3]], rtol=1e-6)
   # probs, softmax over 2 classes: p(class 0) = sigmoid(l0 - l1) per view.
   sig = lambda z: 1 / (1 + np.exp(-z))
   p0 = [(sig(-2.0) + sig(4.0) + sig(1.0)) / 3, (sig(0.0) + sig(2.0) + sig(-4.0)) / 3]
-  got = metrics.average_views(jnp.asarray(logits), 'probs')
+  got = losses.average_views(jnp.asarray(logits), 'probs')
   np.testing.assert_allclose(np.asarray(got)[:, 0], p0, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(got).sum(-1), [1.0, 1.0], rtol=1e-5)
-  multi = metrics.average_views(logits, 'probs', multi_label=True)
+  multi = losses.average_views(logits, 'probs', multi_label=True)
   np.testing.assert_allclose(multi[0, 1], (sig(3.0) + sig(-1.0) + sig(1.0)) / 3, rtol=1e-6)
   with pytest.raises(ValueError, match='how'):
-    metrics.average_views(logits, 'max')
+    losses.average_views(logits, 'max')
 
 
 def test_average_precision_by_hand():

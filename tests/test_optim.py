@@ -19,7 +19,7 @@ def _params():
 
 
 def test_default_mask_is_kernels_only():
-  mask = flatten(optim.decay_mask(_params()))
+  mask = flatten(optim.decay_mask(_params(), TrainConfig.weight_decay_regex))
   decayed = sorted(k for k, v in mask.items() if v)
   assert decayed and all(k.endswith('/kernel') for k in decayed)
   for key in ('cls', 'Transformer/posembed_input/pos_embedding', 'embedding/bias',

@@ -46,7 +46,7 @@ def test_sweep_runs_entries_and_tabulates(tmp_path, subprocess_env):
 
 def test_results_plot_has_one_point_per_finished_run(tmp_path, monkeypatch):
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  from tools import plots  # pylint: disable=g-import-not-at-top
+  from token_learner import plots  # pylint: disable=g-import-not-at-top
   points = []
   monkeypatch.setattr(plt.Axes, 'scatter', lambda self, x, y, **kw: points.append((x, y)))
   rows = [dict(name='a', gflops=0.5, eval_accuracy=0.9), dict(name='b', gflops=1.0,

@@ -5,7 +5,7 @@
     experiment.data   # token_learner.data.ImageData | VideoData   (config.dataset)
     experiment.train  # token_learner.train.config.TrainConfig     (the top-level fields)
     experiment.init   # token_learner.pretrained.InitConfig        (config.init_from)
-    experiment.fewshot  # token_learner.train.fewshot.FewShotConfig (config.fewshot)
+    experiment.evals  # ((name, token_learner.evals.config.*Eval), ...)  (config.evals)
 
 Every section rejects a key it does not know with an error naming it (`config.dataset.eval_clip
 is not a field of config.dataset`), and each default lives in its section's dataclass. Sections
@@ -17,13 +17,13 @@ import dataclasses
 from typing import Any, Mapping, Union
 
 from token_learner import data
+from token_learner.evals import config as evals_config
 from token_learner import fields
 from token_learner.model_config import ModelConfig
 from token_learner.pretrained import InitConfig
 from token_learner.train.config import TrainConfig
-from token_learner.train.fewshot import FewShotConfig
 
-SECTIONS = ('model', 'dataset', 'init_from', 'fewshot')
+SECTIONS = ('model', 'dataset', 'init_from', 'evals')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Experiment:
   data: Union[data.ImageData, data.VideoData]
   train: TrainConfig
   init: InitConfig
-  fewshot: FewShotConfig = FewShotConfig()
+  evals: evals_config.Evals = ()
 
 
 def as_dict(config) -> Mapping[str, Any]:
@@ -60,5 +60,6 @@ def from_config(config) -> Experiment:
   model, dataset = model_and_data(raw)
   train = fields.from_dict(TrainConfig, trainer_fields, 'config', num_classes=model.num_classes)
   init = fields.from_dict(InitConfig, raw.get('init_from'), 'config.init_from')
-  fewshot = fields.from_dict(FewShotConfig, raw.get('fewshot'), 'config.fewshot')
-  return Experiment(model=model, data=dataset, train=train, init=init, fewshot=fewshot)
+  evals = evals_config.evals_from_dict(raw.get('evals'))
+  return Experiment(model=model, data=dataset, train=train, init=init, evals=evals)
+

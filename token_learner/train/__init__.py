@@ -1,2 +1,7 @@
-"""What `trainer.py` calls: typed config, losses and metrics, optimizer, sharding, checkpoints,
-logging. Each module owns one concern; the loop itself is `trainer.py`."""
+"""Training, one concern a module, in layers:
+
+- `config` (TrainConfig), `losses`, `optim`, `sharding`, `step` (the jitted train step) and
+  `setup` (the run builder): jax, flax and optax only.
+- `metrics` (clu eval metrics), `checkpoints` (orbax), `logger` (clu writers), `throughput`,
+  `preemption` and `loop` (`train_and_evaluate`), which also needs the input layer.
+"""

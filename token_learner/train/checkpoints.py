@@ -44,8 +44,8 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 # Config fields that may change between the runs of one workdir without changing what is trained
 # (reporting and checkpoint cadence); any other change needs `allow` in check_config.
-SAFE_TO_CHANGE = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-                  'keep_checkpoints', 'profile_steps', 'eval_batch_size')
+SAFE_TO_CHANGE = ('log_every_steps', 'evals', 'checkpoint_every_steps', 'keep_checkpoints',
+                  'profile_steps', 'eval_batch_size')
 
 
 class ConfigChangedError(fields.ConfigError):
@@ -174,6 +174,22 @@ def step_metadata(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
       return dict(json.load(f).get('custom_metadata') or {})
   except (OSError, ValueError, AttributeError):  # Missing, torn or not a JSON object.
     return {}
+
+
+def saved_config(path: str) -> Dict[str, Any]:
+  """The config stored with a checkpoint (`path`: anything `item_dir` accepts, e.g. a workdir
+  for its newest step); a ValueError naming the file if it has none."""
+  step_dir = os.path.dirname(item_dir(path))
+  metadata = os.path.join(step_dir, _STEP_METADATA)
+  try:
+    with open(metadata) as f:
+      config = (json.load(f).get('custom_metadata') or {}).get('config')
+  except (OSError, ValueError, AttributeError):
+    config = None
+  if not config:
+    raise ValueError(f'{metadata} holds no config (a checkpoint of another program, or torn): '
+                     'pass --config=the run\'s config file')
+  return config
 
 
 def _verify(state, metadata: Mapping[str, Any]):

@@ -1,6 +1,6 @@
 """The trainer's fields of an experiment config as a typed, validated, frozen dataclass.
 
-The top-level fields of a config (everything but the `model`, `dataset` and `init_from`
+The top-level fields of a config (everything but the `model`, `dataset`, `init_from` and `evals`
 sections) are `TrainConfig`'s; their defaults here are the only trainer defaults the project has
 (`configs/common.py` builds its configs from them). Checks that need the run's devices or the
 dataset size are in `for_run`, called once the mesh and the dataset are known.
@@ -26,7 +26,7 @@ class TrainConfig:
   """Validated trainer settings; `num_classes` comes from the model section."""
   seed: int = 0
   batch_size: int = 512  # global, over all devices and processes
-  eval_batch_size: int = 512  # global
+  eval_batch_size: int = 512  # global; config.evals.<name>.batch_size overrides it
   num_train_steps: Optional[int] = None  # None: from num_epochs and the dataset size
   num_epochs: Optional[float] = None
   optimizer: str = 'adamw'  # OPTIMIZERS
@@ -47,13 +47,9 @@ class TrainConfig:
   # Single-label data: also report the mean of the per-class top-1 accuracies (AViD, Table 11).
   mean_per_class_accuracy: bool = False
   log_every_steps: int = 50
-  eval_every_steps: int = 0  # 0: only at the end
   checkpoint_every_steps: int = 0  # 0: only at the end
   keep_checkpoints: int = 3
   profile_steps: int = 0
-  # Eval examples whose TokenLearner maps (and token diagnostics) go to TensorBoard at every
-  # evaluation (Fig. 10; tools/attention_maps.py); 0: none.
-  log_attention_maps: int = 0
   # Device mesh (data, model) sizes; -1: the rest. Batches are split over 'data' only.
   mesh_shape: Tuple[int, int] = (-1, 1)
   # Named rule set (SHARDINGS): 'replicated' (data parallel), 'fsdp' (big parameters and their
@@ -93,8 +89,7 @@ class TrainConfig:
       raise ValueError('config.mean_per_class_accuracy needs single-label data, not '
                        f'config.loss={self.loss!r}')
     fields.check_int('config.log_every_steps', self.log_every_steps, 1)
-    for name in ('eval_every_steps', 'checkpoint_every_steps', 'profile_steps',
-                 'log_attention_maps'):
+    for name in ('checkpoint_every_steps', 'profile_steps'):
       fields.check_int(f'config.{name}', getattr(self, name))
     fields.check_int('config.keep_checkpoints', self.keep_checkpoints, 1)
     fields.check_int('config.num_classes', self.num_classes, 1)

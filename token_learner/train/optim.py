@@ -20,7 +20,7 @@ def learning_rate_fn(cfg: TrainConfig) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
-def decay_mask(params, regex: str = r'(^|/)kernel$'):
+def decay_mask(params, regex: str):
   """True for the parameters whose '/'-joined path matches `regex` (config.weight_decay_regex;
   by default kernels only: not biases, LayerNorm scales, position embeddings or the CLS token)."""
   pattern = re.compile(regex)

@@ -8,12 +8,11 @@ are regressed, in closed form, onto {-1, 1}^K targets with an L2 penalty:
 (the bias is penalised too, as in the ViT code's closed-form solve); a test example's class is the
 argmax of [x 1] W. Accuracy on the eval split is averaged over `seeds` draws of the shots. The
 features of both splits are computed once per evaluation; the solves run on the host (numpy).
-`config.fewshot` turns it on as an evaluator during training (every `every_steps`), and
-`evaluate.py --fewshot` runs it on a checkpoint. The shots and the test examples come from two
-splits of the run's (image) dataset, through the same data layer and eval preprocessing.
+An evaluator of kind 'fewshot' in `config.evals` runs it during training and in `evaluate.py`
+(token_learner.evals.config.FewShotEval). The shots and the test examples come from two splits of
+the evaluator's (image) dataset, through the same data layer and eval preprocessing.
 """
-import dataclasses
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -21,30 +20,7 @@ import numpy as np
 
 from token_learner import data
 from token_learner import fields
-
-
-@dataclasses.dataclass(frozen=True)
-class FewShotConfig:
-  """`config.fewshot`: the evaluator's settings (every_steps=0: off during training)."""
-  every_steps: int = 0
-  shots: Tuple[int, ...] = (1, 5, 10, 25)
-  seeds: int = 3
-  l2_reg: float = 1024.0  # 2 ** 10, the ViT few-shot evaluator's default penalty
-  train_split: Optional[str] = None  # where the shots come from; None: the dataset's train split
-  eval_split: Optional[str] = None  # None: the dataset's eval split
-  batch_size: int = 256  # feature extraction, global
-
-  def __post_init__(self):
-    fields.check_int('config.fewshot.every_steps', self.every_steps)
-    shots = tuple(self.shots)
-    if not shots:
-      raise ValueError('config.fewshot.shots must list at least one shot count')
-    for s in shots:
-      fields.check_int('config.fewshot.shots', s, 1)
-    fields.set_field(self, 'shots', shots)
-    fields.check_int('config.fewshot.seeds', self.seeds, 1)
-    fields.check_number('config.fewshot.l2_reg', self.l2_reg)
-    fields.check_int('config.fewshot.batch_size', self.batch_size, 1)
+from token_learner.train import sharding
 
 
 def solve(features: np.ndarray, labels: np.ndarray, num_classes: int, l2_reg: float):
@@ -88,32 +64,33 @@ def compile_features(model, params_shardings, batch_sharding):
 
 
 class FewShotEvaluator:
-  """Features of two splits of a dataset from the data layer, then `few_shot_accuracy`.
+  """`config.evals.<name>` of kind 'fewshot' on a run: the features of two splits of a dataset
+  from the data layer (inputs built once), then `few_shot_accuracy`.
 
-  Built once per run (the inputs are built once); `__call__(features_fn, params)` extracts the
-  features of both splits with `features_fn(params, inputs) -> [B, D]` (jitted by the caller,
-  inputs sharded over the mesh) and returns {'fewshot_<k>shot': accuracy}.
+  `__call__(params)` extracts the features of both splits with the run's model (jitted with its
+  parameter shardings, inputs sharded over the mesh) and returns ({'<k>shot': accuracy}, {}).
   """
 
-  def __init__(self, cfg: FewShotConfig, data_cfg, mesh, sharding):
+  def __init__(self, name: str, cfg, run, data_cfg, info):
     if data_cfg.is_video:
-      raise ValueError('config.fewshot works on image datasets (digits, image_folder, TFDS); '
-                       f'config.dataset.name={data_cfg.name!r} is a video dataset')
+      raise ValueError(f'config.evals.{name} (kind fewshot) works on image datasets (digits, '
+                       f'image_folder, TFDS); its dataset {data_cfg.name!r} is a video dataset')
+    self.name, self.every_steps = name, cfg.every_steps
     split_cfg = lambda split: data.from_dict(
         {**fields.section_dict(data_cfg), 'eval_split': split}, num_classes=data_cfg.num_classes)
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    self._cfg, self._mesh, self._sharding = cfg, mesh, sharding
-    self._num_classes = data.dataset_info(data_cfg).num_classes
+    self._cfg, self._num_classes = cfg, info.num_classes
+    self._sharding = sharding.batch_sharding(run.mesh)
+    self._features_fn = compile_features(run.model, run.state_shardings.params, self._sharding)
     self._inputs = [data.eval_input(split_cfg(split), batch_size=cfg.batch_size, **process)
-                    for split in (cfg.train_split or data_cfg.train_split,
-                                  cfg.eval_split or data_cfg.eval_split)]
+                    for split in (cfg.train_split or data_cfg.train_split, data_cfg.eval_split)]
 
-  def _features(self, features_fn, params, eval_input):
+  def _features(self, params, eval_input):
     feats, labels = [], []
     batches = data.Prefetcher(iter(eval_input), self._sharding)
     try:
       for batch in batches:
-        f = features_fn(params, batch['inputs'])
+        f = self._features_fn(params, batch['inputs'])
         f, y, mask = multihost_utils.process_allgather(
             (f, batch['labels'], batch['mask']), tiled=True)
         keep = np.asarray(mask) > 0
@@ -123,8 +100,7 @@ class FewShotEvaluator:
       batches.close()
     return np.concatenate(feats), np.concatenate(labels)
 
-  def __call__(self, features_fn, params) -> Dict[str, float]:
-    train, test = (self._features(features_fn, params, i) for i in self._inputs)
-    result = few_shot_accuracy(train, test, self._num_classes, self._cfg.shots, self._cfg.seeds,
-                               self._cfg.l2_reg)
-    return {f'fewshot_{k}': v for k, v in result.items()}
+  def __call__(self, params):
+    train, test = (self._features(params, i) for i in self._inputs)
+    return few_shot_accuracy(train, test, self._num_classes, self._cfg.shots, self._cfg.seeds,
+                             self._cfg.l2_reg), {}

@@ -1,6 +1,8 @@
 """Attention maps of a trained model as figures and token statistics (Fig. 10, §6.4).
 
-`visualize.py` is the command line; `render` is also what a notebook would call.
+`visualize.py` is the command line; `render` is also what a notebook would call; an evaluator of
+kind 'attention_maps' in `config.evals` draws them to TensorBoard during training. matplotlib is
+imported here, so only runs that draw maps load it.
 """
 import json
 import os
@@ -12,16 +14,7 @@ from token_learner import build_model
 from token_learner import data
 from token_learner import diagnostics
 from token_learner import fields
-from tools import plots
-
-
-def saved_config(workdir: str) -> dict:
-  """The config a finished run recorded in WORKDIR/summary.json."""
-  path = os.path.join(workdir, 'summary.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: pass --config=the run\'s config file')
-  with open(path) as f:
-    return json.load(f)['config']
+from token_learner import plots
 
 
 def examples(data_cfg, split, num_examples):
@@ -70,17 +63,20 @@ def render(experiment, params, inputs, out):
   return stats
 
 
-class TensorBoardMaps:
-  """The maps of the first `num_examples` eval inputs as TensorBoard images plus the token
-  diagnostics as scalars, at every evaluation (`config.log_attention_maps`); built once."""
+class AttentionMapsEvaluator:
+  """`config.evals.<name>` of kind 'attention_maps': the maps of the first `num_examples`
+  examples of its split as TensorBoard images plus the token diagnostics as scalars; the
+  examples are read once."""
 
-  def __init__(self, experiment, num_examples: int):
-    self._experiment = experiment
-    self._maps = _attention_maps(experiment)
-    self._inputs = examples(experiment.data, None, num_examples)
+  def __init__(self, name: str, cfg, run, data_cfg, info):
+    del info
+    self.name, self.every_steps = name, cfg.every_steps
+    self._experiment = run.experiment
+    self._maps = _attention_maps(run.experiment)
+    self._inputs = examples(data_cfg, None, cfg.num_examples)
 
   def __call__(self, params):
-    """(images {'attention_maps': uint8 [N, H, W, 3]}, scalars {'tokenlearner_k/...'})."""
+    """({'tokenlearner_k/...': diagnostics}, {'images': uint8 [N, H, W, 3]})."""
     maps = [np.asarray(m) for m in self._maps(params, self._inputs)]
     figures = [_figure(self._experiment, x, [m[i] for m in maps], f'example {i}')
                for i, x in enumerate(self._inputs)]
@@ -88,4 +84,4 @@ class TensorBoardMaps:
     h, w = max(a.shape[0] for a in arrays), max(a.shape[1] for a in arrays)
     images = np.stack([np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1]), (0, 0)),
                               constant_values=255) for a in arrays])
-    return {'attention_maps': images}, diagnostics.all_token_stats(maps)
+    return diagnostics.all_token_stats(maps), {'images': images}
