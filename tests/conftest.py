@@ -62,7 +62,8 @@ def subprocess_env():
 
 def _tiny_config(**overrides):
   """The default job shrunk: digits at 16x16, a 1-layer 64-wide ViT then 4 TokenLearner tokens,
-  6 steps of batch 16, checkpoints every 2 steps."""
+  6 steps of batch 16, checkpoints every 2 steps; `evals={name: {field: value}}` replaces the
+  evaluators."""
   from configs import digits_tokenlearner  # pylint: disable=g-import-not-at-top
   config = digits_tokenlearner.get_config()
   config.update_from_flattened_dict({
@@ -72,7 +73,11 @@ def _tiny_config(**overrides):
       'num_train_steps': 6, 'warmup_steps': 2, 'log_every_steps': 2,
       'checkpoint_every_steps': 2, 'keep_checkpoints': 5})
   for key, value in overrides.items():
-    config.update_from_flattened_dict({key: value})
+    if key == 'evals':  # {name: {field: value}}: a new evaluator set, each section complete.
+      from configs import common  # pylint: disable=g-import-not-at-top
+      config.evals = {name: common.eval_config(**section) for name, section in value.items()}
+    else:
+      config.update_from_flattened_dict({key: value})
   return config
 
 

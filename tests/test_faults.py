@@ -2,6 +2,7 @@
 real signals in subprocesses): corrupt checkpoints, a changed config, restarts and metrics,
 SIGTERM, bad numbers in the config, an unwritable checkpoint folder, broken image folders."""
 import collections
+import dataclasses
 import glob
 import json
 import os
@@ -17,6 +18,7 @@ from token_learner import fields
 from token_learner.train import checkpoints
 from token_learner.train import logger
 from token_learner.train import preemption
+from token_learner.train import setup
 
 
 @pytest.fixture(scope='module')
@@ -75,6 +77,11 @@ def _assert_same(a, b):
 
 def _no_compiling(*args, **kwargs):
   raise AssertionError('compiled before validating the config')
+
+
+def _built_unjitted(*args, **kwargs):
+  """The run, with a train step that fails if it is ever called or lowered."""
+  return dataclasses.replace(setup.build(*args, **kwargs), train_step=_no_compiling)
 
 
 @pytest.mark.parametrize('field,value', [
@@ -150,14 +157,11 @@ def _dies_after(n, kill=None):
   return iterator
 
 
-def test_restarts_log_each_step_once_and_summary_is_complete(tmp_path, monkeypatch, tiny_config,
-                                                            reference):
+def test_restarts_log_each_step_once_and_summary_is_complete(tmp_path, tiny_config, reference):
   config = tiny_config(log_every_steps=1, checkpoint_every_steps=4, num_train_steps=8)
   workdir = str(tmp_path)
-  with monkeypatch.context() as m:
-    m.setattr(data, 'train_iterator', _dies_after(7))  # Killed at step 8; checkpoint at 4.
-    with pytest.raises(KeyboardInterrupt):
-      trainer.train_and_evaluate(config, workdir)
+  with pytest.raises(KeyboardInterrupt):  # Killed at step 8; checkpoint at 4.
+    trainer.train_and_evaluate(config, workdir, train_input=_dies_after(7))
   assert ('train_loss', 6) in _events(workdir)
   first = trainer.train_and_evaluate(config, workdir)
   counts = collections.Counter(_events(workdir))
@@ -174,13 +178,11 @@ def test_restarts_log_each_step_once_and_summary_is_complete(tmp_path, monkeypat
   assert max(collections.Counter(_events(workdir)).values()) == 1
 
 
-def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, monkeypatch, tiny_config,
-                                                            reference):
+def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, tiny_config, reference):
   workdir = str(tmp_path)
-  with monkeypatch.context() as m:
-    m.setattr(data, 'train_iterator', _dies_after(4, kill=signal.SIGTERM))
-    with pytest.raises(preemption.Preempted) as stopped:
-      trainer.train_and_evaluate(tiny_config(), workdir)
+  with pytest.raises(preemption.Preempted) as stopped:
+    trainer.train_and_evaluate(tiny_config(), workdir,
+                               train_input=_dies_after(4, kill=signal.SIGTERM))
   # The signal came while a batch was being prefetched: the step then running finished and
   # was saved.
   step = stopped.value.step
@@ -194,9 +196,8 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, monkeypatc
 
 def test_unwritable_checkpoint_folder_fails_before_compiling(tmp_path, monkeypatch, tiny_config):
   (tmp_path / 'checkpoints').write_text('a file where the folder should be')
-  monkeypatch.setattr(trainer, 'compile_train_step', _no_compiling)
   with pytest.raises(OSError, match='Cannot write checkpoints to .*checkpoints'):
-    trainer.train_and_evaluate(tiny_config(), str(tmp_path))
+    trainer.train_and_evaluate(tiny_config(), str(tmp_path), build=_built_unjitted)
   monkeypatch.setattr(os, 'statvfs', lambda path: os.statvfs_result((4096,) * 2 + (1,) * 8))
   with pytest.raises(OSError, match='MiB free, a checkpoint needs'):
     trainer.train_and_evaluate(tiny_config(), str(tmp_path / 'full'))

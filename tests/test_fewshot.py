@@ -1,11 +1,14 @@
 """Few-shot linear evaluation: the closed-form solve against numpy least squares, separable
 features, exact shot sampling, and the evaluator on the digits through the data layer."""
+import types
+
 import jax
 import numpy as np
 import pytest
 
 from token_learner import data
-from token_learner.train import fewshot
+from token_learner.evals import config as evals_config
+from token_learner.evals import fewshot
 from token_learner.train import sharding
 
 
@@ -40,25 +43,36 @@ def test_sample_shots_takes_k_of_every_class():
   assert len(set(idx.tolist())) == len(idx)
 
 
+class _Pixels:
+  """A 'model' whose pre-logit features are the raw pixels."""
+
+  def apply(self, variables, x, train):
+    del variables, train
+    return None, {'pre_logits': x.reshape(x.shape[0], -1)}
+
+
+def _pixel_run(num_devices):
+  mesh = sharding.create_mesh(jax.devices()[:num_devices])
+  return types.SimpleNamespace(mesh=mesh, model=_Pixels(), state_shardings=types.SimpleNamespace(
+      params=sharding.replicated(mesh)))
+
+
 def test_evaluator_on_digit_pixels_through_the_data_layer():
   cfg = data.from_dict(dict(name='digits', image_size=8, augment=False))
-  mesh = sharding.create_mesh(jax.devices()[:2])
   evaluator = fewshot.FewShotEvaluator(
-      fewshot.FewShotConfig(shots=(1, 10), seeds=2, l2_reg=1.0, batch_size=64), cfg, mesh,
-      sharding.batch_sharding(mesh))
-  pixels = jax.jit(lambda p, x: x.reshape(x.shape[0], -1))
-  result = evaluator(pixels, None)
-  assert set(result) == {'fewshot_1shot', 'fewshot_10shot'}
+      'fewshot', evals_config.FewShotEval(shots=(1, 10), seeds=2, l2_reg=1.0, batch_size=64),
+      _pixel_run(2), cfg, data.dataset_info(cfg))
+  result, images = evaluator(None)
+  assert set(result) == {'1shot', '10shot'} and not images
   # Raw 8x8 digits are nearly linearly separable: 10 shots per class give most of the test set.
-  assert 0.1 < result['fewshot_1shot'] < result['fewshot_10shot'] and result['fewshot_10shot'] > 0.8
+  assert 0.1 < result['1shot'] < result['10shot'] and result['10shot'] > 0.8
 
 
 def test_config_errors_name_the_field():
-  with pytest.raises(ValueError, match='config.fewshot.shots'):
-    fewshot.FewShotConfig(shots=(0,))
-  with pytest.raises(ValueError, match='config.fewshot.seeds'):
-    fewshot.FewShotConfig(seeds=0)
+  with pytest.raises(ValueError, match='config.evals.few.shots'):
+    evals_config.from_dict('few', {'kind': 'fewshot', 'shots': (0,)})
+  with pytest.raises(ValueError, match='config.evals.few.seeds'):
+    evals_config.from_dict('few', {'kind': 'fewshot', 'seeds': 0})
   cfg = data.from_dict(dict(name='moving_digits'))
-  mesh = sharding.create_mesh(jax.devices()[:1])
   with pytest.raises(ValueError, match='video dataset'):
-    fewshot.FewShotEvaluator(fewshot.FewShotConfig(), cfg, mesh, sharding.batch_sharding(mesh))
+    fewshot.FewShotEvaluator('fewshot', evals_config.FewShotEval(), _pixel_run(1), cfg, None)

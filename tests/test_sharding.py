@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import trainer
-from token_learner import build_model, data
+from token_learner import data
 from token_learner import experiment as experiment_lib
 from token_learner import fields, tree
-from token_learner.train import optim, sharding
+from token_learner.train import setup, sharding
 
 P = jax.sharding.PartitionSpec
 BLOCK = 'Transformer/encoderblock_0/'
@@ -16,19 +16,15 @@ BLOCK = 'Transformer/encoderblock_0/'
 def _run_steps(config, devices, mesh_shape, num_steps=3):
   """Losses, final params (numpy) and the sharded state after `num_steps` train steps."""
   experiment = experiment_lib.from_config(config)
-  mesh = sharding.create_mesh(devices, mesh_shape)
-  cfg = experiment.train.for_run(num_train_examples=1437, num_devices=mesh.size)
-  model = build_model(experiment.model)
-  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
-  init_rng, rng = sharding.replicated_keys(0, mesh)
-  state, shardings = sharding.create_train_state(
-      init_rng, model, tx, experiment.model.input_shape, mesh, sharding.rules_of(cfg))
-  step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
+  run = setup.build(experiment, mesh=sharding.create_mesh(devices, mesh_shape))
+  assert run.rules == sharding.rules_of(run.cfg)  # config.sharding and sharding_rules.
+  state, cfg = run.init_state(), run.cfg
+  _, rng = sharding.replicated_keys(0, run.mesh)
   batches = data.train_iterator(experiment.data, seed=cfg.seed, batch_size=cfg.batch_size)
   losses = []
   for _ in range(num_steps):
-    batch = data.make_global_batch(next(batches), sharding.batch_sharding(mesh))
-    state, metrics = step(state, batch, rng)
+    batch = data.make_global_batch(next(batches), run.batch_sharding)
+    state, metrics = run.train_step(state, batch, rng)
     losses.append(float(metrics['loss']))
   return losses, jax.device_get(state.params), state
 
@@ -104,13 +100,13 @@ def test_mesh_shape_sizes_and_axes():
     ((8,), 'must be (data, model)'),
     (('8', 1), 'must be (data, model)'),
 ])
-def test_bad_mesh_shape_is_a_config_error_before_compiling(tmp_path, monkeypatch, tiny_config,
-                                                           mesh_shape, message):
-  monkeypatch.setattr(trainer, 'compile_train_step', lambda *a, **k: pytest.fail('compiled'))
+def test_bad_mesh_shape_is_a_config_error_before_compiling(tmp_path, tiny_config, mesh_shape,
+                                                           message):
   config = tiny_config()
   config.mesh_shape = mesh_shape
   with pytest.raises(fields.ConfigError, match='config.mesh_shape') as error:
-    trainer.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:8])
+    trainer.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:8],
+                               build=lambda *a, **k: pytest.fail('built'))
   assert message in str(error.value)
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import trainer
-from token_learner import build_model, data
+from token_learner import data
 from token_learner import experiment as experiment_lib
 from token_learner.data import stream
-from token_learner.train import optim, sharding, throughput
+from token_learner.train import setup, sharding, throughput
 
 P = jax.sharding.PartitionSpec
 FakeDevice = collections.namedtuple('FakeDevice', 'platform device_kind')
@@ -103,23 +103,14 @@ def test_step_flops_sum_the_devices_of_a_sharded_program(num_devices):
 
 
 def test_accumulating_step_counts_every_micro_batch(tiny_config):
-  experiment = experiment_lib.from_config(tiny_config())
-  mesh = sharding.create_mesh(jax.devices()[:2])
-  cfg = experiment.train.for_run(num_train_examples=1437, num_devices=2)
-  model = build_model(experiment.model)
-  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
-  init_rng, rng = sharding.replicated_keys(0, mesh)
-  state, shardings = sharding.create_train_state(init_rng, model, tx,
-                                                 experiment.model.input_shape, mesh)
-  batch = jax.device_put({'inputs': jnp.zeros((16, *experiment.model.input_shape)),
-                          'labels': jnp.zeros((16,), jnp.int32)}, sharding.batch_sharding(mesh))
   counts = []
   for k in (1, 2):
-    step = trainer.compile_train_step(model, tx, dataclasses.replace(cfg, grad_accum_steps=k),
-                                      mesh, shardings)
-    meter = throughput.Meter(mesh.devices.flat, dtype='float32', global_batch=16)
-    meter.count_flops(step, state, batch, rng, accumulation_free_step=(
-        None if k == 1 else trainer.compile_train_step(model, tx, cfg, mesh, shardings)))
+    run = setup.build(experiment_lib.from_config(tiny_config(grad_accum_steps=k)),
+                      devices=jax.devices()[:2])
+    assert (run.accumulation_free_step is None) == (k == 1)
+    meter = throughput.Meter(run.mesh.devices.flat, dtype='float32', global_batch=16)
+    meter.count_flops(run.train_step, run.init_state(), run.synthetic_batch(), run.dropout_rng,
+                      accumulation_free_step=run.accumulation_free_step)
     counts.append(meter.step_flops)
   # Uncorrected, XLA's count of the k = 2 step is about half (the scan body counted once).
   assert counts[1] == pytest.approx(counts[0], rel=0.05)
@@ -146,25 +137,23 @@ class _Metrics(dict):
     return super().__getitem__(key)
 
 
-def test_loop_reads_metrics_one_step_late_and_logs_throughput(tmp_path, monkeypatch,
-                                                              tiny_config):
+def test_loop_reads_metrics_one_step_late_and_logs_throughput(tmp_path, tiny_config):
   events = []
-  compile_step = trainer.compile_train_step
 
-  def recording_compile(*args, **kwargs):
-    jitted = compile_step(*args, **kwargs)
+  def recording_build(*args, **kwargs):
+    run = setup.build(*args, **kwargs)
+    jitted = run.train_step
 
     def step(state, batch, rng):
       events.append(('dispatch', len([e for e in events if e[0] == 'dispatch']) + 1))
       state, metrics = jitted(state, batch, rng)
       return state, _Metrics(metrics, events[-1][1], events)
     step.lower = jitted.lower
-    return step
+    return dataclasses.replace(run, train_step=step)
 
-  monkeypatch.setattr(trainer, 'compile_train_step', recording_compile)
   config = tiny_config(checkpoint_every_steps=0, log_every_steps=1)  # Saves only at the end.
   workdir = str(tmp_path)
-  trainer.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir, build=recording_build)
   order = {event: i for i, event in enumerate(events)}
   for step in range(1, 6):  # Read after the next step was dispatched.
     assert order[('read', step)] > order[('dispatch', step + 1)], events

@@ -12,25 +12,20 @@ import pytest
 import trainer
 from token_learner import build_model, data
 from token_learner import experiment as experiment_lib
-from token_learner.train import optim, sharding
+from token_learner import fields
+from token_learner.evals import classification
+from token_learner.train import checkpoints
+from token_learner.train import setup, sharding
 
 P = jax.sharding.PartitionSpec
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _prepare(config, devices):
-  """Model, optimizer, sharded state and compiled step for `config` on `devices`."""
-  experiment = experiment_lib.from_config(config)
-  mesh = sharding.create_mesh(devices)
-  cfg = experiment.train.for_run(num_train_examples=1437, num_devices=mesh.size)
-  model = build_model(experiment.model)
-  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
-  init_rng, _ = sharding.replicated_keys(0, mesh)
-  state, shardings = sharding.create_train_state(
-      init_rng, model, tx, experiment.model.input_shape, mesh, cfg.sharding_rules)
-  step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
-  return dict(model=model, mesh=mesh, cfg=cfg, state=state, step=step, shardings=shardings,
-              data=experiment.data)
+  """The Run of `config` on `devices` (the run builder training uses) and a fresh state."""
+  run = setup.build(experiment_lib.from_config(config), devices=devices)
+  return dict(model=run.model, mesh=run.mesh, cfg=run.cfg, state=run.init_state(),
+              step=run.train_step, shardings=run.state_shardings, data=run.experiment.data)
 
 
 def _run_steps(config, devices, num_steps):
@@ -53,10 +48,10 @@ def _assert_trees_equal(a, b):
 
 def test_train_and_evaluate_writes_outputs(tmp_path, tiny_config):
   workdir = str(tmp_path)
-  result = trainer.train_and_evaluate(
-      tiny_config(**{'fewshot.every_steps': 3, 'fewshot.shots': (1, 5), 'fewshot.seeds': 1,
-                     'log_attention_maps': 2, 'eval_every_steps': 3}),
-      workdir)
+  result = trainer.train_and_evaluate(tiny_config(evals={
+      'eval': dict(every_steps=3),
+      'fewshot': dict(kind='fewshot', every_steps=3, shots=(1, 5), seeds=1),
+      'maps': dict(kind='attention_maps', every_steps=3, num_examples=2)}), workdir)
   assert result['step'] == 6
   assert result['eval_num_examples'] == 360
   assert 0.0 < result['fewshot_1shot'] <= 1.0 and 0.0 < result['fewshot_5shot'] <= 1.0
@@ -73,13 +68,79 @@ def test_train_and_evaluate_writes_outputs(tmp_path, tiny_config):
     for value in event.summary.value:
       tags.setdefault(value.tag, set()).add(event.step)
   # Maps and token diagnostics at both evaluations (step 3 and the final one), few-shot too.
-  for tag in ('attention_maps', 'tokenlearner_0/entropy', 'tokenlearner_0/overlap',
-              'fewshot_1shot'):
+  for tag in ('maps_images', 'maps_tokenlearner_0/entropy', 'maps_tokenlearner_0/overlap',
+              'fewshot_1shot', 'eval_accuracy'):
     assert tags.get(tag) == {3, 6}, (tag, tags.get(tag))
 
 
-def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, tiny_config,
-                                                 restore_params):
+def _event_tags(workdir):
+  """{tag: {steps}} of the TensorBoard scalars and images of `workdir`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tags = {}
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tags.setdefault(value.tag, {})[event.step] = (
+            value.simple_value if value.HasField('simple_value')
+            else float(tf.make_ndarray(value.tensor)) if value.tensor.dtype == 1 else None)
+  return tags
+
+
+def test_two_eval_datasets_from_the_config_alone(tmp_path, tiny_config):
+  # The digits test split and a slice of the train split, each under its own prefix; the slice
+  # has 100 examples (the test split 360), and a model that has seen that slice's images does
+  # better on it than on the test split only by chance at 6 steps, so the check is by values:
+  # each evaluator's metrics are those of an independent pass over its own split.
+  workdir = str(tmp_path)
+  result = trainer.train_and_evaluate(tiny_config(evals={
+      'eval': dict(every_steps=3),
+      'train_slice': dict(split='train[:100]', every_steps=2, batch_size=32)}), workdir)
+  assert result['eval_num_examples'] == 360 and result['train_slice_num_examples'] == 100
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))['final_metrics']
+  for name in ('eval', 'train_slice'):
+    for metric in ('loss', 'accuracy', 'top5_accuracy', 'num_examples'):
+      assert summary[f'{name}_{metric}'] == result[f'{name}_{metric}']
+  tags = _event_tags(workdir)
+  assert set(tags['eval_accuracy']) == {3, 6}  # Its cadence, and the end.
+  assert set(tags['train_slice_accuracy']) == {2, 4, 6}
+  assert tags['eval_loss'][6] == pytest.approx(result['eval_loss'])
+  assert tags['train_slice_loss'][6] == pytest.approx(result['train_slice_loss'])
+
+  # Independent: the final parameters over each split by hand.
+  experiment = experiment_lib.from_config(tiny_config())
+  model = build_model(experiment.model)
+  params = checkpoints.restore_params(workdir)
+  for name, split, count in (('eval', 'test', 360), ('train_slice', 'train[:100]', 100)):
+    cfg = data.from_dict({**fields.section_dict(experiment.data), 'eval_split': split},
+                         num_classes=10)
+    batches = list(data.eval_input(cfg, batch_size=40))
+    x = np.concatenate([b['inputs'][b['mask'] > 0] for b in batches])
+    y = np.concatenate([b['labels'][b['mask'] > 0] for b in batches])
+    assert len(y) == count
+    logits = np.asarray(model.apply({'params': params}, x, train=False)[0], np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                keepdims=True)) - logits.max(-1, keepdims=True)
+    assert result[f'{name}_accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == y),
+                                                       abs=1e-9)
+    assert result[f'{name}_loss'] == pytest.approx(-np.mean(log_probs[np.arange(count), y]),
+                                                   rel=1e-4)
+
+
+def test_bad_evaluator_is_a_config_error_before_compiling(tmp_path, monkeypatch, tiny_config):
+  monkeypatch.setattr(jax, 'jit', _no_compiling)
+  for evals_section, message in (
+      ({'Val': {}}, 'config.evals.Val: an evaluator name'),
+      ({'val': {'kind': 'linear_probe'}}, 'config.evals.val.kind'),
+      ({'val': {'every_step': 2}}, 'config.evals.val.every_step is not a field'),
+      ({'few': {'kind': 'fewshot', 'shots': ()}}, 'config.evals.few.shots'),
+      ({'val': {'dataset': {'name': 'cifar100_missing'}}}, 'cifar100_missing')):
+    config = tiny_config()
+    config.evals = evals_section  # As written in a config file: only the fields it sets.
+    with pytest.raises(ValueError, match=message):
+      trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, tiny_config, restore_params):
   config = tiny_config(**{'model.dropout_rate': 0.1, 'mixup_alpha': 0.2})  # RNG use per step.
   uninterrupted = str(tmp_path / 'a')
   trainer.train_and_evaluate(config, uninterrupted)
@@ -93,11 +154,9 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, tiny_con
     raise KeyboardInterrupt('simulated kill')
 
   interrupted = str(tmp_path / 'b')
-  monkeypatch.setattr(data, 'train_iterator', dies_after_three_batches)
   with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(config, interrupted)
+    trainer.train_and_evaluate(config, interrupted, train_input=dies_after_three_batches)
   assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2']
-  monkeypatch.setattr(data, 'train_iterator', create)
   trainer.train_and_evaluate(config, interrupted)
   _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
 
@@ -160,8 +219,8 @@ def test_grad_accumulation_equals_big_batch(tiny_config):
 def test_evaluate_counts_every_example_once_with_padding(tiny_config):
   config = tiny_config()
   setup = _prepare(config, jax.devices()[:8])
-  eval_step = trainer.compile_eval_step(setup['model'], setup['cfg'], setup['mesh'],
-                                        setup['shardings'].params, multi_view=False)
+  eval_step = classification.compile_eval_step(setup['model'], setup['cfg'], setup['mesh'],
+                                               setup['shardings'].params, multi_view=False)
   eval_input = data.eval_input(setup['data'], batch_size=setup['cfg'].eval_batch_size)
   result = trainer.evaluate(eval_step, setup['state'].params, eval_input, setup['mesh'])
   assert result['num_examples'] == 360
@@ -186,8 +245,7 @@ def test_evaluate_counts_every_example_once_with_padding(tiny_config):
   assert result['loss'] == pytest.approx(float(expected_loss), rel=1e-4)
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, tiny_config,
-                                                  restore_params):
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_config, restore_params):
   create = data.train_iterator
 
   def nan_from_step_5(cfg, start_step=0, **kwargs):
@@ -196,10 +254,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, tiny_co
         batch = dict(batch, inputs=np.full_like(batch['inputs'], np.nan))
       yield batch
 
-  monkeypatch.setattr(data, 'train_iterator', nan_from_step_5)
   workdir = str(tmp_path)
   with pytest.raises(FloatingPointError, match='at step 5'):
-    trainer.train_and_evaluate(tiny_config(), workdir)
+    trainer.train_and_evaluate(tiny_config(), workdir, train_input=nan_from_step_5)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   params = restore_params(workdir, 4)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
