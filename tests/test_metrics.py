@@ -61,13 +61,13 @@ def test_sigmoid_xent_matches_formula_and_smoothing():
   targets = jnp.array([[1.0, 0.0, 1.0]])
   sig = lambda z: 1 / (1 + np.exp(-z))
   want = -(np.log(sig(2.0)) + np.log(1 - sig(-1.0)) + np.log(sig(0.0)))
-  np.testing.assert_allclose(metrics.sigmoid_xent(logits, targets), [want], rtol=1e-5)
-  smooth = metrics.sigmoid_xent(logits, targets, label_smoothing=0.2)
+  np.testing.assert_allclose(losses.sigmoid_xent(logits, targets), [want], rtol=1e-5)
+  smooth = losses.sigmoid_xent(logits, targets, label_smoothing=0.2)
   t = np.array([0.9, 0.1, 0.9])
   want_s = -(t * np.log(sig(np.array([2.0, -1.0, 0.0]))) +
              (1 - t) * np.log(1 - sig(np.array([2.0, -1.0, 0.0])))).sum()
   np.testing.assert_allclose(smooth, [want_s], rtol=1e-5)
-  assert np.isfinite(metrics.sigmoid_xent(jnp.array([[1e4, -1e4]]), jnp.array([[0.0, 1.0]])))
+  assert np.isfinite(losses.sigmoid_xent(jnp.array([[1e4, -1e4]]), jnp.array([[0.0, 1.0]])))
 
 
 def test_mean_per_class_accuracy():

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
     'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
     'batch_size': 16, 'eval_batch_size': 64, 'num_train_steps': 4, 'warmup_steps': 2,
-    'log_every_steps': 2, 'eval_every_steps': 0, 'checkpoint_every_steps': 2,
+    'log_every_steps': 2, 'checkpoint_every_steps': 2,
     'keep_checkpoints': 5,
 }
 

@@ -7,7 +7,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.model.num_layers=2', '--config.batch_size=16', '--config.eval_batch_size=120',
         '--config.num_train_steps=2', '--config.warmup_steps=1', '--config.log_every_steps=1',
-        '--config.eval_every_steps=0', '--config.checkpoint_every_steps=0']
+        '--config.evals.eval.every_steps=0', '--config.checkpoint_every_steps=0']
 
 
 def _sweep(env, *args):
