@@ -167,13 +167,13 @@ def _padded_conv2d_correction():
 
 
 def test_module_flops_of_the_final_module():
-  gmacs, params = bnk.module_cost(BottleneckConfig(), 'conv2d_tokenlearner', _SHAPE)
+  gmacs, params = flops.module_cost(BottleneckConfig(), 'conv2d_tokenlearner', _SHAPE)
   assert abs(params / 2.49e6 - 1) < 0.05  # ours 2.57M: +3.2 %
   assert abs(2 * gmacs / 17.2 - 1) < 0.25  # ours 13.7 GFLOPs: -20 % (XLA skips padding taps)
   corrected = 2 * gmacs + _padded_conv2d_correction()
   assert abs(corrected / 17.2 - 1) < 0.10  # 15.9 GFLOPs: -7.6 %
   # The Conv2D + Conv1D baseline is exact in parameters (9 + 3) * 432^2 (+ 2 GroupNorms).
-  gmacs, params = bnk.module_cost(BottleneckConfig(), 'conv2d_conv1d', _SHAPE)
+  gmacs, params = flops.module_cost(BottleneckConfig(), 'conv2d_conv1d', _SHAPE)
   assert params == 12 * 432 ** 2 + 4 * 432
   t, h, w, d = _SHAPE
   conv1d_taps = h * w * (3 * t - 2)
@@ -188,20 +188,20 @@ def test_formula_counts_the_model(module):
   touches the input: H = W = 1 for the 3x3 convs, T = 1 for the temporal ones)."""
   bn = BottleneckConfig(**{**TINY, 'fuser_mlp_dim': 8, 'mixer_dim': 12, 'mhsa_dim': 8},
                         module=module)
-  rows = bnk.analytic_module_cost(bn, module, (4, 4, 4, 16))
-  assert sum(r[2] for r in rows) == bnk.module_cost(bn, module, (4, 4, 4, 16))[1]
+  rows = flops.analytic_module_cost(bn, module, (4, 4, 4, 16))
+  assert sum(r[2] for r in rows) == flops.module_cost(bn, module, (4, 4, 4, 16))[1]
   t, h, w, d = _SHAPE
-  conv = bnk.analytic_module_cost(BottleneckConfig(), 'conv2d_conv1d', _SHAPE)
+  conv = flops.analytic_module_cost(BottleneckConfig(), 'conv2d_conv1d', _SHAPE)
   assert sum(r[1] for r in conv) == 12 * d * d * t * h * w  # 18.35 GFLOPs, Table 13: 18.3
 
 
 def test_formula_conv_taps_against_xla():
   bn = BottleneckConfig(**TINY)
   for module, shape in (('conv2d_conv1d', (1, 1, 1, 16)), ('conv2d_mixer', (1, 1, 1, 16))):
-    formula = sum(r[1] for r in bnk.analytic_module_cost(bn, module, shape))
+    formula = sum(r[1] for r in flops.analytic_module_cost(bn, module, shape))
     # 1 x 1 x 1: only the centre tap of each conv touches the input.
     centre = formula - (9 - 1) * 16 * 16 - (3 - 1) * 16 * 16 * (module == 'conv2d_conv1d')
-    xla = bnk.module_cost(bn, module, shape)[0] * 1e9
+    xla = flops.module_cost(bn, module, shape)[0] * 1e9
     assert centre <= xla < centre * 1.3 + 200  # XLA adds the norms' / activations' work
 
 
@@ -234,3 +234,38 @@ def test_multi_label_moving_digits():
   from token_learner import data  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match='digits_per_video'):
     data.from_dict({'name': 'moving_digits', 'digits_per_video': 2})
+
+
+def test_mhsa_layers_keep_their_parameter_names():
+  """The bottleneck's pre-norm MHSA layer (`PreNormMHSA`) is named by its callers, so renaming
+  the class leaves checkpoints' parameter trees as they were."""
+  cfg = BottleneckConfig(**dict(TINY, module='joint_mhsa'))
+  x = jnp.zeros((1, 2, 2, 2, 16))
+  params = jax.eval_shape(bnk.BottleneckModule(bnk.MODULE_LAYERS['joint_mhsa'], cfg).init,
+                          jax.random.key(0), x)['params']
+  assert set(params) == {'joint_mhsa'}
+  assert set(params['joint_mhsa']) == {'LayerNorm_0', 'MultiHeadDotProductAttention_0'}
+  assert set(params['joint_mhsa']['MultiHeadDotProductAttention_0']) == {
+      'query', 'key', 'value', 'out'}
+  cfg = BottleneckConfig(**dict(TINY, module='spatial_tokenlearner', transformer='mhsa'))
+  params = jax.eval_shape(bnk.BottleneckModule(bnk.MODULE_LAYERS['spatial_tokenlearner'], cfg).init,
+                          jax.random.key(0), x)['params']
+  assert {'spatial_mhsa', 'token_mhsa', 'tokenlearner', 'tokenfuser'} <= set(params)
+
+
+def test_tokenlearner_properties_of_the_bottleneck_model():
+  """config.model.tokenlearner does not apply to the bottleneck model; its maps come from its
+  TokenLearner module."""
+  make = lambda **bn: ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': bn},
+                                            image_size=224, num_frames=4)
+  final = make()
+  assert final.tokenlearner.num_tokens > 0 and not final.uses_tokenlearner
+  assert final.has_attention_maps
+  assert not make(module='conv2d_conv1d').has_attention_maps
+  assert not make(module_stages=()).has_attention_maps
+  vit = ModelConfig.from_dict({'variant': 'Mu/4', 'tokenlearner': {'num_tokens': 4, 'loc': 1}},
+                              image_size=16)
+  assert vit.uses_tokenlearner and vit.has_attention_maps
+  vit = ModelConfig.from_dict({'variant': 'Mu/4', 'tokenlearner': {'num_tokens': 0}},
+                              image_size=16)
+  assert not vit.uses_tokenlearner and not vit.has_attention_maps

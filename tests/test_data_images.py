@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from token_learner import data
+from token_learner.data import corrupt_images
 from token_learner.data import images
 
 MEAN, STD = (0.5, 0.25, 0.1), (0.5, 0.2, 0.4)
@@ -160,8 +161,9 @@ def test_eval_input_is_built_once_and_iterated_many_times(tmp_path, monkeypatch,
   write_folder(tmp_path, 'test', _FILES[:3])
   (tmp_path / 'test' / 'cat' / 'broken.png').write_bytes(b'not an image')
   scans = []
-  scan = images._scan  # pylint: disable=protected-access
-  monkeypatch.setattr(images, '_scan', lambda source: scans.append(1) or scan(source))
+  scan = corrupt_images.find_corrupt
+  monkeypatch.setattr(corrupt_images, 'find_corrupt',
+                      lambda source: scans.append(1) or scan(source))
   evaluation = data.eval_input(folder_cfg(tmp_path, skip_corrupt=True), batch_size=4)
   assert len(scans) == 1 and evaluation.num_skipped == 1 and len(evaluation) == 1
   first, second = list(evaluation), list(evaluation)

@@ -1,12 +1,16 @@
-"""tools/paper_claims.py: the noise rule, the verdicts, and a tiny end-to-end report."""
+"""tools/paper_claims.py: the noise rule, the verdicts, a tiny end-to-end report, the command."""
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from tools import paper_claims as pc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def stat(gflops, *accuracies):
@@ -113,3 +117,15 @@ def test_equal_configs_share_one_run_directory():
   assert same == pc.run_dir('/w', claims['fuser'], 'no_fuser', 600)
   assert same != pc.run_dir('/w', claims['tokens'], 'tokens8', 500)
   assert same != pc.run_dir('/w', claims['tokens'], 'tokens16', 600)
+
+
+def test_runs_as_a_module_from_the_repository_root(subprocess_env):
+  """`python -m tools.paper_claims` (the documented command) finds the library, `trainer` and
+  `configs` from the repository root, with no sys.path edits of its own."""
+  env = {k: v for k, v in subprocess_env().items() if k != 'PYTHONPATH'}
+  out = subprocess.run([sys.executable, '-m', 'tools.paper_claims', '--help'], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert '--only' in out.stdout
+  for tool in ('paper_claims.py', 'fault_suite.py'):
+    assert 'sys.path' not in open(os.path.join(REPO, 'tools', tool)).read()

@@ -62,17 +62,17 @@ MB at the paper's setting); `query_chunk=c` computes it c queries at a time (`ja
 chunks, each rematerialised in the backward pass), so only [c, ST, d] is live, forward and
 backward. `transformer='mhsa'` uses 8-head MHSA instead (Table 14).
 
-Per-module FLOPs (`module_cost`, `python -m token_learner.flops --module`) lower one module alone
-on the paper's [1, 64, 8, 8, 432] input.
+Per-module and whole-network costs (Tables 11-13) live in `token_learner.flops` (`module_cost`,
+`module_table`, `network_table`; `python -m token_learner.flops --module`): they lower one module
+alone on the paper's [1, 64, 8, 8, 432] input.
 """
 import math
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Tuple
 
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from token_learner.model_config import BottleneckConfig, ModelConfig
 from token_learner.modules import TokenFuser, TokenLearner
@@ -96,15 +96,6 @@ MODULE_LAYERS = {
     'conv2d_pool_mlp': ('conv2d', 'pool_mlp'),
 }
 TOKENIZERS = ('tokenlearner', 'grid_tokens', 'dense_tokens', 'pool_mlp')
-# The paper's per-module numbers at T x H x W x d = 64 x 8 x 8 x 432: (GFLOPs, params in M),
-# Tables 12 and 13 (GFLOPs there are 2 x multiply-adds, see `module_cost`).
-PAPER_MODULE_COST = {
-    'joint_mhsa': (22.0, 0.30), 'conv2d_joint_mhsa': (35.8, 1.98),
-    'tokenlearner': (3.4, 0.81), 'conv2d_tokenlearner': (17.2, 2.49),
-    'conv2d_conv1d': (18.3, 2.24), 'conv2d_mixer': (13.8, 2.06),
-    'conv2d_temporal': (16.5, 1.98), 'spatial_temporal': (5.5, 0.59),
-    'conv2d_spatial_temporal': (19.2, 2.27), 'spatial_tokenlearner': (6.2, 1.11),
-}
 
 
 def group_norm(channels: int, groups: int, dtype=None, zero: bool = False, name=None):
@@ -183,8 +174,10 @@ class VectorTransformer(nn.Module):
     return z + vector_attention(q, k, v, self.query_chunk).astype(z.dtype)
 
 
-class SelfAttention(nn.Module):
-  """x + MHSA(LayerNorm(x)) on `[B, N, d]` (qkv width d)."""
+class PreNormMHSA(nn.Module):
+  """A residual pre-norm MHSA layer, x + MHSA(LayerNorm(x)), on `[B, N, d]` (qkv width
+  `qkv_features`, default d). Not the ViT's `token_learner.vit.SelfAttention` (no residual, no
+  norm, its own levers); callers name it explicitly ('joint_mhsa', 'token_mhsa', ...)."""
   num_heads: int = 8
   qkv_features: Optional[int] = None  # None: the input width
   dtype: Optional[Dtype] = None
@@ -248,7 +241,7 @@ class BottleneckModule(nn.Module):
                    'spatial': ('b t h w c', '(b t) (h w) c'),
                    'temporal': ('b t h w c', '(b h w) t c')}[kind]
         seq = einops.rearrange(x, f'{pattern[0]} -> {pattern[1]}')
-        seq = SelfAttention(cfg.num_heads, cfg.mhsa_dim or None, dtype,
+        seq = PreNormMHSA(cfg.num_heads, cfg.mhsa_dim or None, dtype,
                             name=f'{kind}_mhsa')(seq)
         x = einops.rearrange(seq, f'{pattern[1]} -> {pattern[0]}', b=b, t=t, h=h, w=w)
       elif kind == 'mixer':
@@ -266,7 +259,7 @@ class BottleneckModule(nn.Module):
         if cfg.transformer == 'vector':
           tokens = VectorTransformer(cfg.query_chunk, dtype, name='vector_transformer')(tokens)
         else:
-          tokens = SelfAttention(cfg.num_heads, cfg.mhsa_dim or None, dtype,
+          tokens = PreNormMHSA(cfg.num_heads, cfg.mhsa_dim or None, dtype,
                                  name='token_mhsa')(tokens)
         x = TokenFuser(mixing='global', mlp_dim=cfg.fuser_mlp_dim, dtype=dtype,
                        name='tokenfuser')(tokens, x, train=train)
@@ -359,181 +352,3 @@ class XBottleneck(nn.Module):
     logits = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros,
                       bias_init=nn.initializers.constant(cfg.head_bias_init), name='head')(x)
     return logits.astype(jnp.float32), {'attention_maps': tuple(maps), 'pre_logits': x}
-
-
-def stage_grids(model_cfg: ModelConfig):
-  """[(T, H, W, d)] at the input of each stage's modules (after its stride), res2..res5."""
-  bn = model_cfg.bottleneck
-  h, w = model_cfg.image_size
-  h, w = -(-h // bn.strides[0]), -(-w // bn.strides[0])
-  out = []
-  for stage in range(4):
-    h, w = -(-h // bn.strides[stage + 1]), -(-w // bn.strides[stage + 1])
-    out.append((model_cfg.num_frames, h, w, bn.inner_width(stage)))
-  return out
-
-
-def module_cost(bn: BottleneckConfig, module: Optional[str] = None,
-                shape: Sequence[int] = (64, 8, 8, 432)):
-  """`(gmacs, params)` of one bottleneck module alone on a `[1, *shape]` (T, H, W, d) input.
-
-  The paper's per-module setting (Tables 12, 13) is T x H x W x d = 64 x 8 x 8 x 432. gmacs are
-  multiply-adds / 1e9 (XLA cost analysis flops / 2, the project's convention); the paper's
-  module GFLOPs are 2 x gmacs (Conv2D + Conv1D = 9.17 GMACs = 18.3 GFLOPs, Table 13). Lowered
-  with query_chunk=0 (XLA's cost analysis counts a loop body once), nothing is executed.
-  """
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  bn = dataclasses.replace(bn, query_chunk=0, module=module or bn.module)
-  mod = BottleneckModule(MODULE_LAYERS[bn.module], bn)
-  x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
-  params = jax.eval_shape(lambda: mod.init(jax.random.key(0), jnp.zeros(x.shape)))['params']
-  fwd = jax.jit(lambda p, v: mod.apply({'params': p}, v)[0])
-  cost = fwd.lower(params, x).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  n = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-  return float(cost['flops']) / 2 / 1e9, n
-
-
-def analytic_module_cost(bn: BottleneckConfig, module: Optional[str] = None,
-                         shape: Sequence[int] = (64, 8, 8, 432)):
-  """The per-layer count of one module by formula: `[(layer, macs, params)]`.
-
-  Only multiplications of weights or of two activations are counted (convolutions over all
-  k x k taps, the zero padding included; dense layers; attention products; the TokenLearner's
-  pooling and the TokenFuser's combination); no norms, activations, softmaxes or biases' adds.
-  N = T*H*W positions, M = T*S tokens; params include biases and norm scales / offsets.
-  """
-  module = module or bn.module
-  t, h, w, d = shape
-  n, s = t * h * w, bn.num_tokens
-  m = t * s
-  dq = bn.mhsa_dim or d  # MHSA qkv width
-  gn = 2 * d  # a norm's scale + offset
-  rows = []
-  for kind in MODULE_LAYERS[module]:
-    if kind == 'conv2d':
-      rows.append(('conv2d 3x3', n * 9 * d * d, 9 * d * d + gn))
-    elif kind == 'conv1d':
-      k = bn.temporal_kernel
-      rows.append((f'conv1d {k}-tap', n * k * d * d, k * d * d + gn))
-    elif kind in ('joint', 'spatial', 'temporal'):
-      length = {'joint': n, 'spatial': h * w, 'temporal': t}[kind]
-      rows.append((f'{kind} MHSA q,k,v,out (width {dq})', 4 * n * d * dq,
-                   4 * d * dq + 3 * dq + d + gn))
-      rows.append((f'{kind} MHSA QK^T + AV ({length} tokens)', 2 * n * length * dq, 0))
-    elif kind == 'mixer':
-      md = bn.mixer_dim or d
-      rows.append(('mixer token MLP (T -> T -> T)', 2 * h * w * d * t * t, 2 * (t * t + t) + gn))
-      rows.append((f'mixer channel MLP (d -> {md} -> d)', 2 * n * d * md,
-                   2 * d * md + md + d + gn))
-    elif kind in TOKENIZERS:
-      if kind == 'tokenlearner':
-        convs = [(d, s)] + [(s, s)] * (bn.tl_conv_layers - 1)
-        rows.append(('TokenLearner alpha conv(s) 3x3 -> S', sum(n * 9 * a * b for a, b in convs),
-                     sum(9 * a * b for a, b in convs) + gn))
-        rows.append(('TokenLearner pooling (maps x input)', n * s * d, 0))
-      elif kind == 'dense_tokens':
-        rows.append(('dense tokens (positions, channels)', t * d * h * w * s + m * d * d,
-                     h * w * s + s * d + d * d + d))
-      elif kind == 'pool_mlp':
-        rows.append(('pool + MLP d -> d -> S*d', t * (d * d + d * s * d),
-                     d * d + d + d * s * d + s * d))
-      else:  # grid_tokens: averages only
-        rows.append(('fixed grid tokens (averages)', 0, 0))
-      if bn.transformer == 'vector':
-        rows.append(('Vector Transformer q,k,v', 3 * m * d * d, 3 * (d * d + d) + gn))
-        rows.append(('Vector Transformer [M, M, d] products (q.k, weights.v)', 2 * m * m * d, 0))
-      else:
-        rows.append((f'token MHSA q,k,v,out (width {dq})', 4 * m * d * dq,
-                     4 * d * dq + 3 * dq + d + gn))
-        rows.append(('token MHSA QK^T + AV', 2 * m * m * dq, 0))
-      f = bn.fuser_mlp_dim
-      rows.append(('TokenFuser token mixing M x M', m * m * d, m * m + 2 * gn))
-      rows.append((f'TokenFuser beta MLP d -> {f} -> S', n * (d * f + f * s),
-                   d * f + f + f * s + s + gn))
-      rows.append(('TokenFuser B_w x tokens', n * s * d, 0))
-    else:
-      raise ValueError(f'unknown bottleneck layer {kind!r}')
-  return rows
-
-
-def analytic_network_cost(model_cfg: ModelConfig, module: Optional[str] = None) -> float:
-  """Multiply-adds of the whole network at batch 1 by formula (the counting of
-  `analytic_module_cost`: every tap of every conv, no norms / activations), for Table 11."""
-  bn = model_cfg.bottleneck
-  module = module or bn.module
-  t, (h, w) = model_cfg.num_frames, model_cfg.image_size
-  up = lambda a, s: -(-a // s)
-  h, w = up(h, bn.strides[0]), up(w, bn.strides[0])
-  macs = t * h * w * (9 * 3 * bn.stem_width + bn.stem_temporal_kernel * bn.stem_width)
-  c = bn.stem_width
-  for stage in range(4):
-    layers_of = module if stage in bn.module_stages else 'conv2d_conv1d'
-    d, width = bn.inner_width(stage), bn.widths[stage]
-    for i in range(bn.depths[stage]):
-      s = bn.strides[stage + 1] if i == 0 else 1
-      n_in = t * h * w
-      h, w = up(h, s), up(w, s)
-      n = t * h * w
-      if s > 1 or c != width:
-        macs += n * c * width  # shortcut
-      macs += (n_in if MODULE_LAYERS[layers_of][0] == 'conv2d' else n) * c * d  # conv_a
-      macs += sum(r[1] for r in analytic_module_cost(bn, layers_of, (t, h, w, d)))
-      macs += n * d * width  # conv_c
-      c = width
-  macs += t * h * w * c * bn.conv5_width
-  return macs + bn.conv5_width * bn.head_width + bn.head_width * model_cfg.num_classes
-
-
-# Table 11 (AViD, whole network, GFLOPs x views at 256 x 256 x 64): our module for each row.
-PAPER_NETWORK_GFLOPS = {'conv2d_tokenlearner': ('Ours', 487.0),
-                        'conv2d_conv1d': ('Backbone (X(2+1)D-M)', 532.0),
-                        'spatial_temporal': ('X(2+1)D-M, disjoint space+time', 493.0)}
-
-
-def network_table(model_cfg: ModelConfig) -> str:
-  """Table 11's rows: whole-network GFLOPs (2 x GMACs) by XLA and by formula, beside the paper."""
-  from token_learner import flops  # pylint: disable=g-import-not-at-top
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  lines = [f'whole network, {model_cfg.num_frames} x {model_cfg.image_size[0]} x '
-           f'{model_cfg.image_size[1]}, {model_cfg.num_classes} classes (Table 11)',
-           f'{"module":24s} {"XLA":>6s} {"formula":>7s} {"paper":>6s} {"diff":>6s}  row']
-  for name, (row, paper) in PAPER_NETWORK_GFLOPS.items():
-    cfg = dataclasses.replace(model_cfg, bottleneck=dataclasses.replace(
-        model_cfg.bottleneck, module=name, query_chunk=0))
-    formula = 2 * analytic_network_cost(cfg) / 1e9
-    xla = 2 * flops.count_flops_and_params(cfg)[0]
-    lines.append(f'{name:24s} {xla:6.1f} {formula:7.1f} {paper:6.1f} {_pct(formula, paper)}  '
-                 f'{row}')
-  return '\n'.join(lines)
-
-
-def _pct(ours: float, paper: float) -> str:
-  return f'{100 * (ours / paper - 1):+5.0f}%' if paper == paper else '     '
-
-
-def module_table(bn: BottleneckConfig, modules: Optional[Sequence[str]] = None,
-                 shape: Sequence[int] = (64, 8, 8, 432), breakdown: bool = False) -> str:
-  """A text table of each module's cost under two countings, beside the paper's numbers.
-
-  'XLA': `module_cost` (XLA's count: only the taps that touch the input, so a 3x3 'SAME' conv on
-  8 x 8 counts 22^2 / 24^2 = 84 % of its taps; norms, softmax and activations included).
-  'formula': `analytic_module_cost` (all taps, multiplies only). GFLOPs = 2 x GMACs, the unit of
-  Tables 12 / 13 (Conv2D + Conv1D = 2 x 12 x 432^2 x 4096 = 18.3). `breakdown` adds the formula's
-  per-layer rows.
-  """
-  lines = [f'per-module cost on T x H x W x d = {" x ".join(map(str, shape))} '
-           '(GFLOPs = 2 x GMACs, the convention of Tables 12 / 13)',
-           f'{"module":24s} {"XLA":>6s} {"formula":>7s} {"paper":>6s} {"diff":>6s} '
-           f'{"params":>7s} {"paper":>6s} {"diff":>6s}']
-  for name in modules or MODULE_LAYERS:
-    gmacs, n = module_cost(bn, name, shape)
-    rows = analytic_module_cost(bn, name, shape)
-    formula = 2 * sum(r[1] for r in rows) / 1e9
-    pf, pp = PAPER_MODULE_COST.get(name, (float('nan'), float('nan')))
-    lines.append(f'{name:24s} {2 * gmacs:6.2f} {formula:7.2f} {pf:6.1f} {_pct(formula, pf)} '
-                 f'{n / 1e6:6.2f}M {pp:5.2f}M {_pct(n / 1e6, pp)}')
-    if breakdown:
-      for layer, macs, params in rows:
-        lines.append(f'    {layer:52s} {2 * macs / 1e9:7.3f} GFLOPs {params / 1e6:6.3f}M')
-  return '\n'.join(lines)

@@ -141,6 +141,11 @@ class BottleneckConfig:
   def inner_width(self, stage: int) -> int:
     return int(round(self.expansion * self.widths[stage]))
 
+  @property
+  def has_tokenlearner(self) -> bool:
+    """Some stage runs a TokenLearner module (whose maps the model returns)."""
+    return 'tokenlearner' in self.module and bool(self.module_stages)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -344,7 +349,17 @@ class ModelConfig:
 
   @property
   def uses_tokenlearner(self) -> bool:
-    return self.tokenlearner.num_tokens > 0
+    """The ViT / ViViT encoder has a TokenLearner (`config.model.tokenlearner`). False for
+    name='bottleneck', which ignores that section (see `has_attention_maps`)."""
+    return self.name != 'bottleneck' and self.tokenlearner.num_tokens > 0
+
+  @property
+  def has_attention_maps(self) -> bool:
+    """The model returns TokenLearner maps in `aux['attention_maps']`: the ViT / ViViT with a
+    TokenLearner, the bottleneck model with a TokenLearner module (`bottleneck.module`)."""
+    if self.name == 'bottleneck':
+      return self.bottleneck.has_tokenlearner
+    return self.uses_tokenlearner
 
   @property
   def grid_shape(self):

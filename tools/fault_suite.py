@@ -1,7 +1,9 @@
 r"""The fault suite: main.py as a user runs it, with faults injected on purpose.
 
-    python tools/fault_suite.py            # ~10 min on 2 CPU cores; not part of CI
-    python tools/fault_suite.py --only=sigterm,corrupt
+    python -m tools.fault_suite            # ~10 min on 2 CPU cores; not part of CI
+    python -m tools.fault_suite --only=sigterm,corrupt
+
+(from the repository root: the injected runs import `main` and `trainer` from there).
 
 Every probe runs `python main.py` (the tiny digits job) in subprocesses and checks what a user
 relies on: SIGKILLs at random moments (one during a checkpoint write) resume to bit-identical
@@ -46,7 +48,7 @@ def command(workdir, overrides=None, extra=(), inject=None):
   args = [f'--config={os.path.join(REPO, "configs", "digits_tokenlearner.py")}',
           f'--workdir={workdir}']
   args += [f'--config.{k}={v}' for k, v in dict(TINY, **(overrides or {})).items()]
-  prefix = [sys.executable, os.path.abspath(__file__), '_inject', inject] if inject else [
+  prefix = [sys.executable, '-m', 'tools.fault_suite', '_inject', inject] if inject else [
       sys.executable, os.path.join(REPO, 'main.py')]
   return prefix + args + list(extra)
 
@@ -265,7 +267,7 @@ def probe_malformed(root):
   with futures.ThreadPoolExecutor(2) as pool:
     separate = list(pool.map(one, enumerate(MALFORMED[:2])))
   args = [command(os.path.join(root, 'malformed'), {f: v})[2:] for f, v in MALFORMED]
-  p = subprocess.run([sys.executable, os.path.abspath(__file__), '_inject', 'malformed',
+  p = subprocess.run([sys.executable, '-m', 'tools.fault_suite', '_inject', 'malformed',
                       json.dumps(args)], cwd=REPO, env=ENV, capture_output=True, text=True,
                      timeout=600)
   results = [json.loads(l[len('RESULT '):]) for l in p.stdout.splitlines()
@@ -439,7 +441,6 @@ def probe_peer_sigterm(root):
 def inject(kind, argv):
   """Runs main.py in this process with a fault: 'nojit' (jax.jit raises) or
   'nan_from_step_<k>' (inputs of step k onwards are NaN)."""
-  sys.path.insert(0, REPO)
   import runpy  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import trainer  # pylint: disable=g-import-not-at-top,unused-import  # Imported before patching.
@@ -491,7 +492,6 @@ def main():
   if len(sys.argv) > 2 and sys.argv[1] == '_inject':
     return inject(sys.argv[2], sys.argv[3:])
   os.environ.update(ENV)
-  sys.path.insert(0, REPO)
   only = next((a.split('=', 1)[1].split(',') for a in sys.argv[1:] if a.startswith('--only=')),
               None)
   begin = time.time()

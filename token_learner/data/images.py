@@ -22,19 +22,18 @@ Corrupt images: by default the first decode failure stops the iterator with a Va
 the file (image_folder) or the record (TFDS). With `config.dataset.skip_corrupt=True` the split is
 scanned once when an iterator is created (one decode per image) and corrupt records are dropped
 from it before the stream is built, so positions, resume and process slicing stay exact; the
-count is logged and kept in `iterator.num_skipped`.
+count is logged and kept in `iterator.num_skipped` (see `token_learner.data.corrupt_images`).
 """
 import dataclasses
 import os
 import re
 from typing import Callable, Optional
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from token_learner.data import digits, stream
+from token_learner.data import corrupt_images, digits, stream
 from token_learner.data.config import DatasetInfo, ImageData
 
 _IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
@@ -274,88 +273,6 @@ def _source(cfg: ImageData, field: str, process_index=0, process_count=1) -> _Im
 
 
 # ---------------------------------------------------------------------------------------------
-# Corrupt records.
-
-
-def _scan(source: _ImageSource) -> list:
-  """Decodes every record once; returns [(index, where, error)] of those that fail."""
-  def check(i, where, raw, label):
-    del where, label
-    return i, tf.shape(source.decode(raw))[0]
-  good = source.ordered().map(check, num_parallel_calls=stream.AUTOTUNE, deterministic=False)
-  good = {int(i) for i, _ in good.ignore_errors().as_numpy_iterator()}
-  return [(int(i), where.decode(), _decode_error(source, raw))
-          for i, where, raw, _ in source.ordered().as_numpy_iterator() if int(i) not in good]
-
-
-def _decode_error(source: _ImageSource, raw) -> Optional[str]:
-  """The first line of the error decoding `raw`, None if it decodes."""
-  try:
-    source.decode(tf.constant(raw))
-  except (tf.errors.OpError, ValueError) as e:
-    return getattr(e, 'message', str(e)).strip().splitlines()[0]
-  return None
-
-
-def _drop_corrupt(source: _ImageSource) -> int:
-  """Scans the split and removes corrupt records from `source`; returns how many."""
-  bad = _scan(source)
-  if bad:
-    dropped = {i for i, _, _ in bad}
-    keep = np.arange(source.num_examples) if source.keep is None else source.keep
-    source.keep = np.asarray([i for i in keep if i not in dropped], np.int64)
-    logging.warning('Skipped %d corrupt image(s) of %s (config.dataset.skip_corrupt=True), '
-                    'e.g. %s: %s', len(bad), source.description, bad[0][1], bad[0][2])
-  return len(bad)
-
-
-def _corrupt_error(source: _ImageSource, bad) -> ValueError:
-  index, where, error = bad[0]
-  more = f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''
-  return ValueError(f'Corrupt or unreadable image in {source.description}: {where} (record '
-                    f'{index}){more}: {error or "unreadable record"}. Set '
-                    'config.dataset.skip_corrupt=True to skip such images.')
-
-
-# Signature at the start and what a complete file ends with (None: no end marker checked).
-_FORMATS = ((b'\x89PNG\r\n\x1a\n', b'IEND\xaeB`\x82'), (b'\xff\xd8\xff', None),
-            (b'GIF8', None), (b'BM', None))
-
-
-def _check_headers(source: _ImageSource):
-  """Reads the first and last bytes of each file: a ValueError names the first that is
-  unreadable, empty, not an image or a truncated PNG. Cheap (no decode), so the eval split is
-  checked before training instead of at the first evaluation."""
-  for index, path in enumerate(source.files or ()):
-    try:
-      with open(path, 'rb') as f:
-        head = f.read(16)
-        f.seek(max(0, os.path.getsize(path) - 16))
-        tail = f.read(16)
-    except OSError as e:
-      raise _corrupt_error(source, [(index, path, f'unreadable: {e.strerror}')]) from None
-    ok = any(head.startswith(magic) and (end is None or tail.rstrip(b'\0').endswith(end))
-             for magic, end in _FORMATS)
-    if not ok:
-      raise _corrupt_error(source, [(index, path, 'empty, truncated or not a PNG / JPEG')])
-
-
-def _checks(source: _ImageSource):
-  """(check of one record, full scan): both raise a ValueError naming a corrupt image."""
-  def check(q, index, where, raw, label):
-    del q, label
-    error = _decode_error(source, raw)
-    if error is not None:
-      raise _corrupt_error(source, [(int(index), where.decode(), error)]) from None
-
-  def scan():
-    bad = _scan(source)
-    if bad:
-      raise _corrupt_error(source, bad) from None
-  return check, scan
-
-
-# ---------------------------------------------------------------------------------------------
 # Image processing: a decoded record -> float32 [H, W, 3] in [0, 1]; then normalised.
 
 
@@ -411,12 +328,12 @@ def train_iterator(cfg: ImageData, *, seed: int, start_step: int, global_batch: 
   if cfg.per_process_split and process_count > 1:
     # Each process streams its own part, with its own seeds.
     seed, global_batch, row_block = seed * 1_000_003 + process_index, local_batch, 0
-  num_skipped = _drop_corrupt(source) if cfg.skip_corrupt else 0
+  num_skipped = corrupt_images.drop_corrupt(source) if cfg.skip_corrupt else 0
   num_shards = cfg.num_read_shards(global_batch, process_count)
   shards = (_tfds_shards(cfg, source, num_shards, process_index, process_count)
             if num_shards > 1 else [])
   process = _processor(source, cfg, seed if cfg.augment else None)
-  check, scan = _checks(source)
+  check, scan = corrupt_images.checks(source)
   return stream.train_batches(
       source, process, check, seed=seed, start_step=start_step, global_batch=global_batch,
       local_batch_size=local_batch, row_block=row_block, num_skipped=num_skipped, fallback=scan,
@@ -429,17 +346,17 @@ def eval_input(cfg: ImageData, *, global_batch: int, local_batch: int, process_i
   """The eval split once per pass: {'inputs', 'labels', 'mask'} (see token_learner.data)."""
   source = _source(cfg, 'eval_split', process_index, process_count)
   if cfg.skip_corrupt:
-    num_skipped = _drop_corrupt(source)
+    num_skipped = corrupt_images.drop_corrupt(source)
   else:
     num_skipped = 0
-    _check_headers(source)
+    corrupt_images.check_headers(source, source.files or ())
   row_block, num_batches = process_index, None
   if cfg.per_process_split and process_count > 1:
     # Each process has its own part; the longest part sets everyone's batch count.
     sizes = _part_sizes(cfg, process_count)
     num_batches = -(-max(sizes) // local_batch)
     global_batch, row_block = local_batch, 0
-  check, scan = _checks(source)
+  check, scan = corrupt_images.checks(source)
   return stream.eval_batches(
       source, _processor(source, cfg), check, global_batch=global_batch,
       local_batch_size=local_batch, row_block=row_block, num_batches=num_batches,

@@ -42,10 +42,12 @@ def _figure(experiment, x, maps, title):
 
 def _attention_maps(experiment):
   """`(params, inputs) -> [maps of each TokenLearner]`, jitted; an error if the model has none."""
-  if not experiment.model.uses_tokenlearner:
-    raise ValueError('The model has no TokenLearner (config.model.tokenlearner.num_tokens=0): '
-                     'there are no maps to draw.')
-  model = build_model(experiment.model)
+  model_cfg = experiment.model
+  if not model_cfg.has_attention_maps:
+    where = (f'config.model.bottleneck.module={model_cfg.bottleneck.module!r}'
+             if model_cfg.name == 'bottleneck' else 'config.model.tokenlearner.num_tokens=0')
+    raise ValueError(f'The model has no TokenLearner ({where}): there are no maps to draw.')
+  model = build_model(model_cfg)
   return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)[1]['attention_maps'])
 
 
