@@ -18,8 +18,8 @@ from typing import Any, Mapping, Union
 
 from token_learner import data
 from token_learner import fields
+from token_learner.init_config import InitConfig
 from token_learner.model_config import ModelConfig
-from token_learner.pretrained import InitConfig
 from token_learner.train.config import TrainConfig
 from token_learner.train.fewshot import FewShotConfig
 
