@@ -15,8 +15,8 @@ from ml_collections import config_dict
 
 from token_learner import data
 from token_learner import fields
+from token_learner.init_config import InitConfig
 from token_learner.model_config import ModelConfig, TokenLearnerConfig
-from token_learner.pretrained import InitConfig
 from token_learner.train.config import TrainConfig
 from token_learner.evals import config as evals_config
 

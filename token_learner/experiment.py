@@ -19,8 +19,8 @@ from typing import Any, Mapping, Union
 from token_learner import data
 from token_learner.evals import config as evals_config
 from token_learner import fields
+from token_learner.init_config import InitConfig
 from token_learner.model_config import ModelConfig
-from token_learner.pretrained import InitConfig
 from token_learner.train.config import TrainConfig
 
 SECTIONS = ('model', 'dataset', 'init_from', 'evals')

@@ -41,7 +41,6 @@ layout (`Transformer/encoderblock_scan_{k}`, config.model.scan_layers) is read t
 model receives any of these sources: everything is mapped in the unrolled layout, then stacked
 (`token_learner.layer_scan`).
 """
-import dataclasses
 import os
 import re
 from typing import Dict
@@ -50,31 +49,16 @@ from absl import logging
 import jax
 import numpy as np
 
-from token_learner import fields
 from token_learner import layer_scan
+from token_learner.init_config import INFLATIONS, KINDS, InitConfig  # pylint: disable=unused-import
 from token_learner.model_config import ModelConfig
 from token_learner.tree import flatten, unflatten
 from token_learner.train import checkpoints
 
-KINDS = ('vit_npz', 'checkpoint')
-INFLATIONS = ('central_frame', 'average')
 _POSEMB = 'Transformer/posembed_input/pos_embedding'
 # Parameters that belong to the new task or module and keep their fresh initialisation when the
 # source lacks them (or, for the head, always unless load_head).
 _FRESH = re.compile(r'^(head|pre_logits)/|^Transformer/(tokenlearner|fuser)_\d+/')
-
-
-@dataclasses.dataclass(frozen=True)
-class InitConfig:
-  """`config.init_from`: where the initial weights come from ('' = a fresh initialisation)."""
-  path: str = ''  # a .npz (vit_jax / big_vision / save_npz) or a workdir / checkpoint folder
-  kind: str = 'vit_npz'  # KINDS
-  inflation: str = 'central_frame'  # image -> video patch kernel (INFLATIONS)
-  load_head: bool = False  # False: the head is re-created for the new task
-
-  def __post_init__(self):
-    fields.check_choice('config.init_from.kind', self.kind, KINDS)
-    fields.check_choice('config.init_from.inflation', self.inflation, INFLATIONS)
 
 
 def check_path(init: InitConfig):

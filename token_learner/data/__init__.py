@@ -13,14 +13,17 @@ process p holding rows [p*L, (p+1)*L) of global batch `step`, a pure function of
 step) (see `stream`). Eval batches add 'mask': float32 [L] (0 for padding); video eval inputs
 are [L, V, T, H, W, 3], V = eval_clips * eval_crops views of each video. Image sources, decoding
 and augmentation are in `images`, video ones in `videos`; `Prefetcher` puts batches on device.
+
+Importing this package loads no TensorFlow: the dataset dataclasses (`config`) and `Prefetcher`
+(jax) are light, and `images`, `videos` and `stream` (TensorFlow / TFDS) are imported on first
+use: by a function here that reads data, or on access (`data.images`, `data.BatchIterator`).
 """
+import importlib
 import numbers
 from typing import Union
 
-from token_learner.data import images, stream, videos
 from token_learner.data.config import VIDEO_NAMES, DatasetInfo, ImageData, VideoData, from_dict
 from token_learner.data.prefetch import Prefetcher, make_global_batch
-from token_learner.data.stream import BatchIterator, EvalInput
 
 DataConfig = Union[ImageData, VideoData]
 
@@ -30,10 +33,34 @@ __all__ = ['BatchIterator', 'DataConfig', 'DatasetInfo', 'EvalInput', 'ImageData
            'train_iterator']
 
 
+# Submodules and names imported on first access: `images`, `stream` and `videos` import
+# TensorFlow; `digits` (scikit-learn's digits, loaded by `images`) stays reachable as before.
+_LAZY_SUBMODULES = ('digits', 'images', 'stream', 'videos')
+_LAZY_NAMES = {'BatchIterator': 'stream', 'EvalInput': 'stream'}
+
+
+def _submodule(name: str):
+  return importlib.import_module(f'{__name__}.{name}')
+
+
+def __getattr__(name: str):  # PEP 562: `data.images`, `data.BatchIterator`, ... on first use
+  if name in _LAZY_SUBMODULES:
+    return _submodule(name)
+  if name in _LAZY_NAMES:
+    value = getattr(_submodule(_LAZY_NAMES[name]), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_NAMES))
+
+
 def _module(cfg: DataConfig):
   if not isinstance(cfg, (ImageData, VideoData)):
     raise TypeError(f'Expected ImageData or VideoData (data.from_dict), got {type(cfg)}.')
-  return videos if cfg.is_video else images
+  return _submodule('videos' if cfg.is_video else 'images')
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
@@ -49,13 +76,13 @@ def check_run(cfg: DataConfig, *, batch_size: int, process_count: int):
 
 
 def train_iterator(cfg: DataConfig, *, seed: int, batch_size: int, start_step: int = 0,
-                   process_index: int = 0, process_count: int = 1) -> BatchIterator:
+                   process_index: int = 0, process_count: int = 1) -> 'BatchIterator':
   """The endless train stream from batch `start_step`: this process's rows of each batch.
 
   Batch k is the same on every run with the same (cfg, seed, batch_size); start_step=k starts at
   batch k without reading the batches before it.
   """
-  local = stream.local_batch(batch_size, 'batch_size', process_index, process_count)
+  local = _submodule('stream').local_batch(batch_size, 'batch_size', process_index, process_count)
   if not isinstance(start_step, numbers.Integral) or start_step < 0:
     raise ValueError(f'start_step must be an integer >= 0, got {start_step!r}.')
   return _module(cfg).train_iterator(
@@ -64,12 +91,13 @@ def train_iterator(cfg: DataConfig, *, seed: int, batch_size: int, start_step: i
 
 
 def eval_input(cfg: DataConfig, *, batch_size: int, process_index: int = 0,
-               process_count: int = 1) -> EvalInput:
+               process_count: int = 1) -> 'EvalInput':
   """The eval split, built once per run (sources indexed, corrupt images scanned once).
 
   Each `iter()` is one pass: every example exactly once over all processes (mask 1), padding
   (mask 0, zero inputs and labels) to the same number of batches on every process.
   """
-  local = stream.local_batch(batch_size, 'eval_batch_size', process_index, process_count)
+  local = _submodule('stream').local_batch(batch_size, 'eval_batch_size', process_index,
+                                           process_count)
   return _module(cfg).eval_input(cfg, global_batch=int(batch_size), local_batch=local,
                                  process_index=process_index, process_count=process_count)

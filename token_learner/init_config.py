@@ -1,0 +1,25 @@
+"""`config.init_from`: where a run's initial weights come from, as a light dataclass.
+
+The loader is `token_learner.pretrained.init_from` (which re-exports `InitConfig`); this module
+imports nothing beyond `token_learner.fields`, so configs and `token_learner.experiment` can name
+the section without loading the checkpoint code.
+"""
+import dataclasses
+
+from token_learner import fields
+
+KINDS = ('vit_npz', 'checkpoint')
+INFLATIONS = ('central_frame', 'average')
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+  """`config.init_from`: where the initial weights come from ('' = a fresh initialisation)."""
+  path: str = ''  # a .npz (vit_jax / big_vision / save_npz) or a workdir / checkpoint folder
+  kind: str = 'vit_npz'  # KINDS
+  inflation: str = 'central_frame'  # image -> video patch kernel (INFLATIONS)
+  load_head: bool = False  # False: the head is re-created for the new task
+
+  def __post_init__(self):
+    fields.check_choice('config.init_from.kind', self.kind, KINDS)
+    fields.check_choice('config.init_from.inflation', self.inflation, INFLATIONS)
