@@ -47,6 +47,14 @@ LIGHT_IMPORTS = [
     ('every configs/*.py get_config()', _CONFIGS.format('module.get_config()')),
     ('experiment.from_config of every config',
      _CONFIGS.format('experiment.from_config(module.get_config())')),
+    ('the train step and the run builder (a GPU machine with only the JAX stack)',
+     'from token_learner.train import setup, step\n'
+     'from token_learner import experiment\n'
+     'from configs import digits_tokenlearner\n'
+     'run = setup.build(experiment.from_config(digits_tokenlearner.get_config()))\n'
+     'state, metrics = run.train_step(run.init_state(), run.synthetic_batch(8), run.dropout_rng)\n'
+     'assert metrics["loss"] > 0'),
+    ('the evaluator configs', 'from token_learner.evals import config'),
 ]
 
 # Runs `code` (argv[1]) with an import hook that records who first imports each watched module

@@ -37,7 +37,8 @@ STEPS = 120
 TINY = {
     'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
     'model.dropout_rate': 0.1, 'batch_size': 16, 'eval_batch_size': 120,
-    'num_train_steps': STEPS, 'warmup_steps': 2, 'log_every_steps': 1, 'eval_every_steps': 60,
+    'num_train_steps': STEPS, 'warmup_steps': 2, 'log_every_steps': 1,
+    'evals.eval.every_steps': 60,
     'checkpoint_every_steps': 10, 'keep_checkpoints': 3,
 }
 RESULTS = []

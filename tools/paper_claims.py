@@ -199,10 +199,11 @@ CLAIM_KEYS = tuple(c.key for c in CLAIMS)
 def run_config(claim: Claim, overrides: Dict, seed: int, steps: Optional[int]):
   """The full config of one run: the claim's base config, its overrides, seed and schedule."""
   config = copy.deepcopy(importlib.import_module(claim.config).get_config())
-  flat = {**overrides, 'seed': seed, 'log_attention_maps': 0, 'fewshot.every_steps': 0}
+  flat = {**overrides, 'seed': seed}
   if steps is not None:
-    flat.update(num_train_steps=steps, eval_every_steps=0, checkpoint_every_steps=0,
-                warmup_steps=min(config.warmup_steps, steps // 10))
+    flat.update({'num_train_steps': steps, 'evals.eval.every_steps': 0,
+                 'checkpoint_every_steps': 0,
+                 'warmup_steps': min(config.warmup_steps, steps // 10)})
   with config.unlocked():
     config.update_from_flattened_dict(flat)
   return config
@@ -271,7 +272,7 @@ def collect(claim: Claim, workdir: str, seeds: int,
 
 
 def claim_figure(path, claim: Claim, stats: Dict[str, Stat]):
-  from tools import plots  # pylint: disable=g-import-not-at-top
+  from token_learner import plots  # pylint: disable=g-import-not-at-top
   plots.accuracy_vs_gflops_spread(path, claim.title, {
       run: (s.gflops, [100 * a for a in s.accuracies]) for run, s in stats.items()})
 

@@ -51,7 +51,7 @@ def check(experiment, info_fn) -> List[Tuple[str, EvalConfig, object, object]]:
       raise ValueError(f'config.evals.{name}: its dataset {data_cfg.name!r} has '
                        f'{info.num_classes} classes, config.model.num_classes='
                        f'{experiment.model.num_classes}')
-    if cfg.kind == 'attention_maps' and not experiment.model.uses_tokenlearner:
+    if cfg.kind == 'attention_maps' and not experiment.model.has_attention_maps:
       raise ValueError(f'config.evals.{name} (kind attention_maps): the model has no '
                        'TokenLearner (config.model.tokenlearner.num_tokens=0), no maps to draw')
     out.append((name, cfg, data_cfg, info))
