@@ -32,7 +32,9 @@ vit_jax / big_vision do:
 
 ImageNet (`imagenet2012`) must be prepared in the TFDS data_dir beforehand (manual download).
 With `--config.dataset.eval_name=imagenet2012_real` (TFDS, its 'validation' split) the eval also
-reports ReaL accuracy (`eval_real_accuracy`, §3.2).
+reports ReaL accuracy (`eval_real_accuracy`, §3.2); or add it as a second evaluator beside the
+plain validation one: `config.evals.real = common.eval_config(every_steps=1000,
+dataset={'eval_name': 'imagenet2012_real'})` (`real_accuracy`, `real_real_accuracy`).
 """
 from configs import common
 
