@@ -12,16 +12,8 @@ stage is Conv2D + TokenLearner (8 tokens per frame: 64 tokens) -> Vector Transfo
 TokenFuser. The Conv1D baseline is the same backbone with its own (2+1)D pair.
 
 Recipe: AdamW 3e-3, 30 warmup steps, cosine; the head's bias starts at -2.2 = log(p / (1 - p)),
-p = 0.1 the label prior. With the former 1e-2 and 100 warmup steps both models sat at the
-marginal loss (20 x H(0.1) = 6.5) for the whole run (mAP 0.110 / 0.112 after 1000 steps); the
-labels, loss and data are fine: a micro ViViT with this data and loss reaches 0.438 mAP in 300
-steps of 64.
-
-Measured on the shared 2-core machine under a load of 10-19 (so several times slower than idle),
-2026-11-29, at 250 steps (`--config.num_train_steps=250`): TokenLearner 0.185 mAP, Conv1D 0.184
-(seed 0); 400 steps, seed 1: 0.188 / 0.184. Both learn, level with each other, far below
-the ViViT (3x more clips seen). The 1000-step default, idle machine: TokenLearner 0.216 mAP
-(376 s), Conv1D 0.219 mAP (272 s), seed 0.
+p = 0.1 the label prior (without it both models sat at the marginal loss for the whole run).
+Measured results, and the runs that chose this recipe: BENCHMARKS.md, "§6 bottleneck".
 
   python main.py --config=configs/moving_digits_bottleneck.py --workdir=/tmp/md_bn
   python main.py --config=configs/moving_digits_bottleneck.py --workdir=/tmp/md_bn_conv1d \

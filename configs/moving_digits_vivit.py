@@ -5,8 +5,7 @@ in one of 4 directions; 40 classes = digit x direction, so a single frame cannot
 Clips of 8 frames (stride 2), tubelets 4x4x4 -> 2 x 8 x 8 = 128 tokens, joint space-time attention
 in a 4-layer, 64-wide ViViT ('Mu/4'). Eval: 2 clips per video, logits averaged.
 
-Measured (1200 steps, 2 idle CPU cores, 2026-11-29): 91.7 % test video accuracy (40 classes,
-chance 2.5 %), 435 s wall for the whole command, compilation included; 0.028 GFLOPs per view.
+Accuracy and time: BENCHMARKS.md (the moving_digits rows).
 
   python main.py --config=configs/moving_digits_vivit.py --workdir=/tmp/md_vivit
   python -m token_learner.flops --config=configs/moving_digits_vivit.py

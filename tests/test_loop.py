@@ -1,4 +1,5 @@
-"""Tests of trainer.py on a micro model and the offline digits data (8 simulated CPU devices)."""
+"""token_learner.train.loop and setup: train_and_evaluate end to end on a micro model and the
+offline digits data, the run builder, evaluators from config.evals (8 simulated CPU devices)."""
 import glob
 import importlib
 import json
