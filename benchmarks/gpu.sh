@@ -20,7 +20,7 @@ if ! python -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")'; then
 fi
 run() {  # A failing lever (e.g. no cuDNN attention for this GPU) prints its error and goes on.
   echo "== $*"
-  timeout 290 python benchmarks/speed.py --only=jax --variant=L/16 --loc=12 --num_tokens=8 \
+  timeout 290 python -m benchmarks.speed --only=jax --variant=L/16 --loc=12 --num_tokens=8 \
     --dtype=bfloat16 --batch="$BATCH" --steps="$STEPS" --matmul_size=8192 \
     --peak_tflops="$PEAK_TFLOPS" "$@" 2>&1 | grep -v -i 'warning' || echo "FAILED ($?): $*"
 }

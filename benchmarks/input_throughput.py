@@ -1,7 +1,9 @@
 r"""Input pipeline throughput vs what the train step consumes, in examples/s; prints the ratio.
 
-  python benchmarks/input_throughput.py                    # both cases below
-  python benchmarks/input_throughput.py --cases=jpeg --jpeg_variant=B/16 --jpeg_batch=8
+  python -m benchmarks.input_throughput                    # both cases below
+  python -m benchmarks.input_throughput --cases=jpeg --jpeg_variant=B/16 --jpeg_batch=8
+  python -m benchmarks.input_throughput --input_batches=2 --step_steps=2 --jpeg_steps=1 \
+    --warmup=1 --jpeg_images=8 --jpeg_batch=2 --jpeg_image_size=64   # a smoke run
 
 Cases:
   digits: the default job (configs/digits_tokenlearner.py) as configured.
@@ -12,12 +14,12 @@ Cases:
 
 The input rate is that of the real train iterator (`data.train_iterator`: reading, decoding,
 augmentation, batching; numpy batches on the host), after --warmup batches. The step rate is
-that of the jitted train step alone on a batch already on device (as benchmarks/train_step.py).
+that of the jitted train step alone on a batch already on device (as benchmarks/train_step.py:
+`setup.build`'s run of the case's config with `--sharding`, on all devices).
 They are measured one after the other, so on a CPU machine neither competes with the other for
 cores. Target: input / step >= 2.
 """
 import os
-import sys
 import tempfile
 import time
 
@@ -25,20 +27,14 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jitted_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import digits_tokenlearner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import imagenet_tokenlearner  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import digits_tokenlearner
+from configs import imagenet_tokenlearner
+from token_learner import data
+from token_learner import experiment
+from token_learner.train import setup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('cases', ['digits', 'jpeg'], 'Which of: digits, jpeg.')
@@ -49,37 +45,37 @@ flags.DEFINE_integer('warmup', 5, 'Untimed batches / steps before the timed ones
 flags.DEFINE_integer('jpeg_images', 192, 'JPEGs written (4 classes).')
 flags.DEFINE_string('jpeg_variant', 'Ti/16', 'ViT variant of the jpeg case step.')
 flags.DEFINE_integer('jpeg_batch', 8, 'Batch size of the jpeg case.')
+flags.DEFINE_integer('jpeg_image_size', 224, 'Image side the jpeg case reads and steps at.')
+flags.DEFINE_enum('sharding', 'replicated', ['replicated', 'fsdp', 'tp', 'fsdp_tp'],
+                  'config.sharding of both cases.')
 
 
 def _clock():
   return np.array([time.perf_counter(), time.process_time()])
 
 
-def input_rate(run) -> np.ndarray:
+def input_rate(exp) -> np.ndarray:
   """(wall, CPU) examples/s of the train iterator."""
-  iterator = data.train_iterator(run.data, seed=run.train.seed, batch_size=run.train.batch_size)
+  iterator = data.train_iterator(exp.data, seed=exp.train.seed, batch_size=exp.train.batch_size)
   for _ in range(FLAGS.warmup):
     next(iterator)
   start = _clock()
   for _ in range(FLAGS.input_batches):
     next(iterator)
-  return FLAGS.input_batches * run.train.batch_size / (_clock() - start)
+  return FLAGS.input_batches * exp.train.batch_size / (_clock() - start)
 
 
 def step_rate(run, steps: int) -> np.ndarray:
-  """(wall, CPU) examples/s of the jitted train step on one device-resident batch."""
-  step, state, rng, cfg, mesh = jitted_step.jitted_train_step(run)
-  batch = jax.device_put({'inputs': jnp.zeros((cfg.batch_size, *run.model.input_shape)),
-                          'labels': jnp.zeros((cfg.batch_size,), jnp.int32)},
-                         sharding.batch_sharding(mesh))
+  """(wall, CPU) examples/s of the run's jitted train step on one device-resident batch."""
+  state, batch = run.init_state(), run.synthetic_batch()
   for _ in range(min(FLAGS.warmup, 2)):
-    state, metrics = step(state, batch, rng)
+    state, metrics = run.train_step(state, batch, run.dropout_rng)
   jax.block_until_ready(metrics)
   start = _clock()
   for _ in range(steps):
-    state, metrics = step(state, batch, rng)
+    state, metrics = run.train_step(state, batch, run.dropout_rng)
   jax.block_until_ready((state, metrics))
-  return steps * cfg.batch_size / (_clock() - start)
+  return steps * run.cfg.batch_size / (_clock() - start)
 
 
 def write_jpegs(root: str, num_images: int, size=(256, 320)):
@@ -96,9 +92,14 @@ def write_jpegs(root: str, num_images: int, size=(256, 320)):
       tf.io.write_file(os.path.join(folder, f'{i:05d}.jpg'), jpeg)
 
 
-def report(name: str, run, steps: int):
-  inputs, consumed = input_rate(run), step_rate(run, steps)
-  print(f'{name}: input {inputs[0]:.0f} examples/s ({inputs[1]:.0f} per CPU second), train step '
+def report(name: str, config, steps: int):
+  config.sharding = FLAGS.sharding
+  exp = experiment.from_config(config)
+  run = setup.build(exp, num_train_examples=10 ** 6)
+  name = name.format(model=exp.model, train=run.cfg, data=exp.data)
+  inputs, consumed = input_rate(exp), step_rate(run, steps)
+  print(f'{name}, sharding={run.cfg.sharding} mesh={dict(run.mesh.shape)}: input '
+        f'{inputs[0]:.0f} examples/s ({inputs[1]:.0f} per CPU second), train step '
         f'{consumed[0]:.1f} examples/s; input / step = {inputs[0] / consumed[0]:.2f} '
         '(target >= 2)', flush=True)
 
@@ -110,9 +111,9 @@ def main(argv):
     raise ValueError(f'--cases: unknown {sorted(unknown)}; use digits and/or jpeg')
   logging.set_verbosity(logging.WARNING)
   if 'digits' in FLAGS.cases:
-    run = experiment.from_config(digits_tokenlearner.get_config())
-    report(f'digits (default job: {run.model.variant}, batch {run.train.batch_size}, '
-           f'{run.data.image_size[0]}px, augment={run.data.augment})', run, FLAGS.step_steps)
+    report('digits (default job: {model.variant}, batch {train.batch_size}, '
+           '{data.image_size[0]}px, augment={data.augment})', digits_tokenlearner.get_config(),
+           FLAGS.step_steps)
   if 'jpeg' in FLAGS.cases:
     with tempfile.TemporaryDirectory() as root:
       write_jpegs(root, FLAGS.jpeg_images)
@@ -121,12 +122,11 @@ def main(argv):
       config.model.variant = FLAGS.jpeg_variant
       config.model.num_classes = 4
       config.dataset = imagenet_tokenlearner.common.dataset_config(
-          'image_folder', root=root, train_split='train', eval_split='val', image_size=224,
-          crop_min_area=0.05, augment=True)
-      run = experiment.from_config(config)
-      report(f'jpeg (image_folder 320x256 JPEGs -> 224, Inception crop + flip; step: TL '
-             f'{run.model.variant} at 224, {run.model.tokenlearner.num_tokens} tokens at layer '
-             f'{run.model.tokenlearner.loc}, batch {run.train.batch_size})', run,
+          'image_folder', root=root, train_split='train', eval_split='val',
+          image_size=FLAGS.jpeg_image_size, crop_min_area=0.05, augment=True)
+      report('jpeg (image_folder 320x256 JPEGs -> {data.image_size[0]}, Inception crop + flip; '
+             'step: TL {model.variant} at {data.image_size[0]}, {model.tokenlearner.num_tokens} '
+             'tokens at layer {model.tokenlearner.loc}, batch {train.batch_size})', config,
              FLAGS.jpeg_steps)
 
 

@@ -3,7 +3,7 @@
 The literal form builds a [B, S, HW, C] tensor; the einsum never does. Prints, from one run on the
 same machine, XLA's temporary memory and the median time of each, and their ratios.
 
-    python benchmarks/pooling.py [--batch=32 --tokens=8 --size=24 --channels=768]
+    python -m benchmarks.pooling [--batch=32 --tokens=8 --size=24 --channels=768]
 """
 import argparse
 import time

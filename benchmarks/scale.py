@@ -1,16 +1,20 @@
 r"""Compile time and compiled memory of the real train step for large models (nothing is run).
 
-  python benchmarks/scale.py                      # both parts below
-  python benchmarks/scale.py --part=compile --batch=8
-  python benchmarks/scale.py --part=memory --frames=32 --video_batch=8
+  python -m benchmarks.scale                      # both parts below
+  python -m benchmarks.scale --part=compile --batch=8
+  python -m benchmarks.scale --part=memory --frames=32 --video_batch=8
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+    python -m benchmarks.scale --sharding=fsdp --num_devices=8   # per-device memory
+  python -m benchmarks.scale --variant=Mu/4 --depth=2 --loc=1 --image_size=32 --frames=2 \
+    --batch=2 --video_batch=2 --layouts=unrolled/none,scan/full   # a smoke run
 
 Part 'compile': ViT-L/16 "24+11" (35 layers, 16-TL at 12; Table 2) at 224x224, the train step of
-configs/imagenet_tokenlearner.py (`trainer.compile_train_step`, its optimizer from
-`token_learner.train.optim`), lowered and compiled for config.model.scan_layers False / True and
-config.model.remat 'none' / 'full' / 'dots'. Prints the lower + compile time and the compiled
-peak memory (XLA's `memory_analysis()`: temp + argument + output bytes; the donated state's
-output aliases its argument, `alias` says how much) and the ratios to the unrolled, remat-free
-step.
+configs/imagenet_tokenlearner.py as `token_learner.train.setup.build` builds it (its optimizer,
+`--sharding` over `--num_devices`), lowered on the abstract state (`Run.abstract_state`) and
+compiled for config.model.scan_layers False / True and config.model.remat 'none' / 'full' /
+'dots'. Prints the lower + compile time and the compiled peak memory (XLA's `memory_analysis()`:
+temp + argument + output bytes, per device; the donated state's output aliases its argument,
+`alias` says how much) and the ratios to the unrolled, remat-free step.
 
 Part 'memory' (§5.2, Fig. 9): ViViT-L/16 with and without TokenLearner (16 tokens before layer
 12) at frames x 224 x 224, the train step of configs/kinetics400_tokenlearner.py, compiled
@@ -20,8 +24,6 @@ Parameters and state are abstract (`jax.eval_shape`), so nothing of the model's 
 allocated; compile times depend on the machine and on what else runs on it.
 """
 import collections
-import os
-import sys
 import time
 
 from absl import app
@@ -29,16 +31,10 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import trainer
 from configs import imagenet_tokenlearner
 from configs import kinetics400_tokenlearner
-from token_learner import build_model
 from token_learner import experiment
-from token_learner.train import optim
-from token_learner.train import sharding
-# pylint: enable=g-import-not-at-top,wrong-import-position
+from token_learner.train import setup
 
 _PART = flags.DEFINE_enum('part', 'all', ['all', 'compile', 'memory'], 'What to measure.')
 _BATCH = flags.DEFINE_integer('batch', 8, "Global batch of the 'compile' part.")
@@ -49,26 +45,36 @@ _FRAMES = flags.DEFINE_integer('frames', 32, "Frames of the 'memory' part's clip
 _VIDEO_BATCH = flags.DEFINE_integer('video_batch', 8, "Global batch of the 'memory' part.")
 _VIDEO_SCAN = flags.DEFINE_bool('video_scan', False, "'memory' part: config.model.scan_layers "
                                 '(False: the default layout).')
+_VARIANT = flags.DEFINE_string('variant', 'L/16', 'Model variant of both parts.')
+_DEPTH = flags.DEFINE_integer('depth', 0, "Layers (0: the paper's, 35 = 24+11 for 'compile', "
+                              "the variant's for 'memory').")
+_LOC = flags.DEFINE_integer('loc', 12, 'Layer the TokenLearner precedes (both parts).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Image / frame side (both parts).')
+_SHARDING = flags.DEFINE_enum('sharding', 'replicated', ['replicated', 'fsdp', 'tp', 'fsdp_tp'],
+                              'config.sharding of both parts.')
+_NUM_DEVICES = flags.DEFINE_integer('num_devices', 1, 'Devices of the mesh (0: all).')
 GIB = 2.0 ** 30
 
 
+def _devices():
+  return jax.devices()[:_NUM_DEVICES.value or None]
+
+
+def _topology() -> str:
+  return f'sharding={_SHARDING.value}, {len(_devices())} device(s)'
+
+
 def compile_train_step(config):
-  """(seconds to lower + compile, memory analysis) of the train step of `config` on 1 device."""
-  run = experiment.from_config(config)
-  mesh = sharding.create_mesh(jax.devices()[:1])
-  cfg = run.train.for_run(num_train_examples=10 ** 6, num_devices=1)
-  model = build_model(run.model)
-  tx = optim.create_optimizer(cfg, optim.learning_rate_fn(cfg))
-  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-  state, shardings = sharding.abstract_train_state(jax.random.key(0), model, tx,
-                                                   run.model.input_shape, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch = {'inputs': jax.ShapeDtypeStruct((cfg.batch_size, *run.model.input_shape), jnp.float32,
-                                          sharding=batch_sharding),
-           'labels': jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32, sharding=batch_sharding)}
-  step = trainer.compile_train_step(model, tx, cfg, mesh, shardings)
+  """(seconds to lower + compile, memory analysis) of the train step of `config`."""
+  config.sharding = _SHARDING.value
+  run = setup.build(experiment.from_config(config), devices=_devices(),
+                    num_train_examples=10 ** 6)
+  b, shape = run.cfg.batch_size, run.input_shape
+  labels = ((b, run.cfg.num_classes), jnp.float32) if run.cfg.multi_label else ((b,), jnp.int32)
+  batch = {'inputs': jax.ShapeDtypeStruct((b, *shape), jnp.float32, sharding=run.batch_sharding),
+           'labels': jax.ShapeDtypeStruct(*labels, sharding=run.batch_sharding)}
   start, cpu = time.perf_counter(), time.process_time()
-  lowered = step.lower(state, batch, rng)
+  lowered = run.train_step.lower(run.abstract_state, batch, run.dropout_rng)
   lower_s = time.perf_counter() - start
   compiled = lowered.compile()
   times = Times(time.perf_counter() - start, lower_s, time.process_time() - cpu)
@@ -95,20 +101,25 @@ def describe(mem) -> str:
 
 
 def compile_part():
-  print(f'ViT-L/16 (24+11), 16-TL at 12, 224x224, batch {_BATCH.value}, train step of '
-        'configs/imagenet_tokenlearner.py, 1 device', flush=True)
+  depth = _DEPTH.value or 35
+  print(f'ViT-{_VARIANT.value} ({depth} layers), 16-TL at {_LOC.value}, {_IMAGE_SIZE.value}px, '
+        f'batch {_BATCH.value}, train step of configs/imagenet_tokenlearner.py, {_topology()}',
+        flush=True)
   # Warm-up: JAX's and XLA's one-time start-up costs go to none of the timed compiles.
   warmup = imagenet_tokenlearner.get_config()
   warmup.update_from_flattened_dict({'model.variant': 'Mu/4', 'model.num_layers': 1,
-                                     'model.tokenlearner.loc': 1, 'dataset.image_size': 16})
+                                     'model.tokenlearner.loc': 1, 'dataset.image_size': 16,
+                                     'batch_size': len(_devices()),
+                                     'eval_batch_size': len(_devices())})
   compile_train_step(warmup)
   base = None
   for entry in _LAYOUTS.value:
     layout, remat = entry.split('/')
     config = imagenet_tokenlearner.get_config()
     config.update_from_flattened_dict({
-        'model.variant': 'L/16', 'model.num_layers': 35, 'model.tokenlearner.num_tokens': 16,
-        'model.tokenlearner.loc': 12, 'dataset.image_size': 224, 'batch_size': _BATCH.value,
+        'model.variant': _VARIANT.value, 'model.num_layers': depth,
+        'model.tokenlearner.num_tokens': 16, 'model.tokenlearner.loc': _LOC.value,
+        'dataset.image_size': _IMAGE_SIZE.value, 'batch_size': _BATCH.value,
         'model.scan_layers': layout == 'scan', 'model.remat': remat})
     times, mem = compile_train_step(config)
     base = base or (times, peak(mem))
@@ -118,18 +129,22 @@ def compile_part():
 
 
 def memory_part():
-  print(f'ViViT-L/16, {_FRAMES.value} frames x 224x224, batch {_VIDEO_BATCH.value}, train step of '
-        f'configs/kinetics400_tokenlearner.py, scan_layers={_VIDEO_SCAN.value}, 1 device',
-        flush=True)
+  print(f'ViViT-{_VARIANT.value}, {_FRAMES.value} frames x {_IMAGE_SIZE.value}px, batch '
+        f'{_VIDEO_BATCH.value}, train step of configs/kinetics400_tokenlearner.py, '
+        f'scan_layers={_VIDEO_SCAN.value}, {_topology()}', flush=True)
   peaks = {}
   for tokens in (16, 0):
     config = kinetics400_tokenlearner.get_config()
-    config.update_from_flattened_dict({
-        'model.tokenlearner.num_tokens': tokens, 'dataset.num_frames': _FRAMES.value,
-        'batch_size': _VIDEO_BATCH.value, 'eval_batch_size': _VIDEO_BATCH.value,
-        'model.scan_layers': _VIDEO_SCAN.value})
+    overrides = {
+        'model.variant': _VARIANT.value, 'model.tokenlearner.num_tokens': tokens,
+        'model.tokenlearner.loc': _LOC.value, 'dataset.num_frames': _FRAMES.value,
+        'dataset.image_size': _IMAGE_SIZE.value, 'batch_size': _VIDEO_BATCH.value,
+        'eval_batch_size': _VIDEO_BATCH.value, 'model.scan_layers': _VIDEO_SCAN.value}
+    if _DEPTH.value:
+      overrides['model.num_layers'] = _DEPTH.value
+    config.update_from_flattened_dict(overrides)
     times, mem = compile_train_step(config)
-    name = '16-TL at 12' if tokens else 'no TokenLearner'
+    name = f'16-TL at {_LOC.value}' if tokens else 'no TokenLearner'
     peaks[tokens] = (peak(mem), mem.temp_size_in_bytes)
     print(f'  {name:16}: {times}, {describe(mem)}', flush=True)
   print(f'  ratio TokenLearner / ViViT: {peaks[16][0] / peaks[0][0]:.3f} (temp + argument + '

@@ -1,12 +1,15 @@
 r"""Images/s of ViT and TokenLearner (forward, train step) vs PyTorch eager and torch.compile.
 
-  python benchmarks/speed.py                                   # ViT-B/16, TL-B/16 8 at 6, CPU
-  python benchmarks/speed.py --only=jax --steps=3 --models=vit --modes=forward
-  python benchmarks/speed.py --only=jax --jax_variants=base,fused,xla,fused+xla   # the levers
-  XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/speed.py --only=jax
+  python -m benchmarks.speed                                   # ViT-B/16, TL-B/16 8 at 6, CPU
+  python -m benchmarks.speed --only=jax --steps=3 --models=vit --modes=forward
+  python -m benchmarks.speed --only=jax --jax_variants=base,fused,xla,fused+xla   # the levers
+  XLA_FLAGS=--xla_cpu_use_onednn=true python -m benchmarks.speed --only=jax
+  python -m benchmarks.speed --only=jax --sharding=fsdp --num_devices=0   # all devices, FSDP
 
-JAX runs the project's model (`build_model`) and its real train step (`trainer.train_step`, AdamW
-from `optim.create_optimizer`, donated state). PyTorch runs `benchmarks/torch_vit.py`, the same
+JAX runs the project's run (`token_learner.train.setup.build` of an experiment made from these
+flags: the model, its real train step with AdamW and donated state, `--sharding` over a
+`--mesh_shape` mesh of `--num_devices` devices, default one). PyTorch runs
+`benchmarks/torch_vit.py` (`from benchmarks import torch_vit`, imported only then), the same
 architecture (dims, layers, TokenLearner placement and token count), eager and `torch.compile`d,
 with AdamW and cross-entropy for the train step and `torch.set_num_threads(--threads)`.
 
@@ -18,7 +21,6 @@ FLOPs ratio. Without torch the PyTorch columns are skipped with a note.
 """
 import os
 import statistics
-import sys
 import time
 
 from absl import app
@@ -26,13 +28,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.model_config import ModelConfig, TokenLearnerConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train.config import TrainConfig  # pylint: disable=g-import-not-at-top,wrong-import-position
+from token_learner import experiment
+from token_learner.train import setup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('only', ['jax', 'torch', 'compile'], 'Frameworks: jax, torch (eager), compile.')
@@ -48,18 +45,33 @@ flags.DEFINE_integer('num_tokens', 8, 'TokenLearner tokens S.')
 flags.DEFINE_integer('loc', 6, 'Layer the TokenLearner precedes.')
 flags.DEFINE_integer('num_layers', None, 'Override the variant depth (quick runs).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'JAX compute dtype.')
+flags.DEFINE_enum('sharding', 'replicated', ['replicated', 'fsdp', 'tp', 'fsdp_tp'],
+                  'config.sharding of the JAX runs.')
+flags.DEFINE_list('mesh_shape', ['-1', '1'], 'config.mesh_shape (data, model) of the JAX runs.')
+flags.DEFINE_integer('num_devices', 1, 'Devices of the JAX mesh (0: all).')
 flags.DEFINE_integer('threads', len(os.sched_getaffinity(0)), 'torch.set_num_threads.')
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the square matmul measuring the peak.')
 flags.DEFINE_float('peak_tflops', 0.0, 'Nominal peak TFLOP/s of the device (0: only the '
                    'measured matmul rate); prints MFU against it too.')
 
 
-def model_config(name, levers=()):
-  tl = TokenLearnerConfig(num_tokens=FLAGS.num_tokens if name == 'tl' else 0, loc=FLAGS.loc)
+def experiment_of(name, levers=()):
+  """The experiment of one JAX contender: these flags as a config dict (validated, nothing read)."""
   impl = 'cudnn' if 'cudnn' in levers else 'xla' if 'xla' in levers else None
-  return ModelConfig(variant=FLAGS.variant, num_layers=FLAGS.num_layers, num_classes=1000,
-                     dtype=FLAGS.dtype, tokenlearner=tl, attention_implementation=impl,
-                     fused_qkv='fused' in levers, image_size=(FLAGS.image_size,) * 2)
+  return experiment.from_config({
+      'batch_size': FLAGS.batch, 'eval_batch_size': FLAGS.batch, 'num_train_steps': 1000,
+      'optimizer': 'adamw', 'learning_rate': 1e-4, 'weight_decay': 0.05, 'warmup_steps': 10,
+      'sharding': FLAGS.sharding, 'mesh_shape': tuple(int(n) for n in FLAGS.mesh_shape),
+      'model': {'variant': FLAGS.variant, 'num_layers': FLAGS.num_layers, 'num_classes': 1000,
+                'dtype': FLAGS.dtype, 'attention_implementation': impl,
+                'fused_qkv': 'fused' in levers,
+                'tokenlearner': {'num_tokens': FLAGS.num_tokens if name == 'tl' else 0,
+                                 'loc': FLAGS.loc}},
+      'dataset': {'name': 'imagenet2012', 'image_size': FLAGS.image_size}})
+
+
+def _devices():
+  return jax.devices()[:FLAGS.num_devices or None]
 
 
 def _flops(compiled):
@@ -70,28 +82,24 @@ def _flops(compiled):
 
 def jax_contender(name, mode, levers):
   """(call() -> None that runs one batch synchronously, XLA FLOPs of one call)."""
-  cfg = model_config(name, levers)
-  model = build_model(cfg)
-  images = jax.random.normal(jax.random.key(1), (FLAGS.batch, *cfg.input_shape), jnp.float32)
+  run = setup.build(experiment_of(name, levers), devices=_devices())
+  state = run.init_state()
+  images = jax.device_put(
+      jax.random.normal(jax.random.key(1), (FLAGS.batch, *run.input_shape), jnp.float32),
+      run.batch_sharding)
   if mode == 'forward':
-    params = jax.jit(lambda: model.init(jax.random.key(0), images[:1], train=False)['params'])()
-    fwd = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)[0])
+    params = state.params
+    del state  # The optimizer state is not needed.
+    fwd = jax.jit(lambda p, x: run.model.apply({'params': p}, x, train=False)[0])
     compiled = fwd.lower(params, images).compile()
     return lambda: jax.block_until_ready(compiled(params, images)), _flops(compiled)
-  mesh = sharding.create_mesh(jax.devices()[:1])
-  tcfg = TrainConfig(batch_size=FLAGS.batch, eval_batch_size=FLAGS.batch, num_train_steps=1000,
-                     optimizer='adamw', learning_rate=1e-4, weight_decay=0.05,
-                     warmup_steps=10, num_classes=1000)
-  tx = optim.create_optimizer(tcfg, optim.learning_rate_fn(tcfg))
-  init_rng, rng = sharding.replicated_keys(0, mesh)
-  state, shardings = sharding.create_train_state(init_rng, model, tx, cfg.input_shape, mesh)
-  batch = {'inputs': images, 'labels': jnp.arange(FLAGS.batch, dtype=jnp.int32) % 1000}
-  compiled = trainer.compile_train_step(model, tx, tcfg, mesh, shardings).lower(
-      state, batch, rng).compile()
+  labels = jax.device_put(jnp.arange(FLAGS.batch, dtype=jnp.int32) % 1000, run.batch_sharding)
+  batch = {'inputs': images, 'labels': labels}
+  compiled = run.train_step.lower(state, batch, run.dropout_rng).compile()
   box = [state]
 
   def call():
-    box[0], metrics = compiled(box[0], batch, rng)
+    box[0], metrics = compiled(box[0], batch, run.dropout_rng)
     jax.block_until_ready(metrics)
   return call, _flops(compiled)
 
@@ -99,8 +107,8 @@ def jax_contender(name, mode, levers):
 def torch_contenders(name, mode, kinds):
   """{kind: call} for kinds in ('torch', 'compile'): the PyTorch model eager / compiled."""
   import torch  # pylint: disable=g-import-not-at-top
-  import torch_vit  # pylint: disable=g-import-not-at-top
-  cfg = model_config(name)
+  from benchmarks import torch_vit  # pylint: disable=g-import-not-at-top
+  cfg = experiment_of(name).model
   torch.manual_seed(0)
   model = torch_vit.ViT(image_size=FLAGS.image_size, patch=cfg.patch_size, dim=cfg.hidden_size,
                         depth=cfg.num_layers, heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
@@ -177,10 +185,10 @@ def main(argv):
     except ImportError:
       print('torch is not installed: PyTorch columns skipped '
             '(pip install -r benchmarks/requirements.txt)')
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   print(f'{jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.threads} threads, '
         f'{FLAGS.variant} at {FLAGS.image_size}, batch {FLAGS.batch}, {FLAGS.dtype}, '
-        f'{FLAGS.steps} rounds; XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
+        f'{FLAGS.steps} rounds, sharding={FLAGS.sharding} mesh_shape={",".join(FLAGS.mesh_shape)} '
+        f'over {len(_devices())} device(s); XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
   results = {}
   for mode in FLAGS.modes:
     for name in FLAGS.models:

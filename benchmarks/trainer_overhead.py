@@ -1,14 +1,19 @@
 r"""Overhead of the training loop: steady-state step time of `train_and_evaluate` / a bare loop.
 
-  python benchmarks/trainer_overhead.py  # the default job, 300 steps, checkpoints every 100
-  python benchmarks/trainer_overhead.py --config=configs/digits_vit.py --steps=600 --repeats=3
+  python -m benchmarks.trainer_overhead  # the default job, 300 steps, checkpoints every 100
+  python -m benchmarks.trainer_overhead --config=configs/digits_vit.py --steps=600 --repeats=3
+  python -m benchmarks.trainer_overhead --steps=4 --warmup=1 --checkpoint_every=0 \
+    --config.model.num_layers=1 --config.warmup_steps=1   # a smoke run
 
-The trainer run is the real `trainer.train_and_evaluate` (prefetching input thread, metrics read
+The trainer run is the real `train_and_evaluate` (token_learner.train.loop; its `build` seam
+wraps the run's train step to time its dispatches, its `train_input` seam feeds the batches read
+ahead; prefetching input thread, metrics read
 one step late, log lines every `log_every_steps`, a checkpoint every --checkpoint_every steps;
 no evaluation before the final one, which is not timed): its step time is the interval between
 the dispatches of step --warmup and of the last step, over the steps between. The bare loop
 calls the same jitted step (same config, shardings, donation) on the same batches, already on
-device, and blocks only at both ends. A third run is the trainer fed the same batches as numpy
+device, and blocks only at both ends; it is `setup.build`'s run of the same config (so the same
+`config.sharding`, `mesh_shape` and `sharding_rules`) on all devices, as the trainer's. A third run is the trainer fed the same batches as numpy
 arrays read beforehand ('trainer, input read ahead'): the loop's own overhead without the cost
 of the tf.data pipeline. The three alternate --repeats times; the ratios of the fastest of each
 to the bare loop are printed (target: <= 1.05).
@@ -18,8 +23,8 @@ accelerator the wall ratio is the one that matters; on a CPU machine shared with
 CPU-time ratio is the steadier one (other processes do not inflate it), and it counts the host
 work of the trainer (input threads, checkpoint writes) that competes with the CPU "device".
 """
+import dataclasses
 import os
-import sys
 import tempfile
 import time
 
@@ -30,14 +35,10 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jitted_step  # pylint: disable=g-import-not-at-top,wrong-import-position
-import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import build_model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from token_learner.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from token_learner import data
+from token_learner import experiment
+from token_learner.train import loop
+from token_learner.train import setup
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', os.path.join(
@@ -60,9 +61,9 @@ def _config():
   config = FLAGS.config
   config.num_train_steps = FLAGS.steps
   config.num_epochs = None
-  config.eval_every_steps = 0
   config.checkpoint_every_steps = FLAGS.checkpoint_every
-  config.fewshot.every_steps = 0
+  for name in config.evals:  # Only the final evaluation, which is not timed.
+    config.evals[name].every_steps = 0
   return config
 
 
@@ -74,39 +75,35 @@ def trainer_step_time(config, host_batches=None) -> np.ndarray:
   """Mean (wall, CPU) seconds per step of train_and_evaluate between the dispatches of steps
   --warmup and --steps; with `host_batches` (numpy) as its train input if given."""
   dispatch_times = []
-  compile_step, train_iterator = trainer.compile_train_step, data.train_iterator
 
-  def timed_compile(*args, **kwargs):
-    jitted = compile_step(*args, **kwargs)
+  def timed_build(*args, **kwargs):
+    run = setup.build(*args, **kwargs)
+    jitted = run.train_step
 
     def step(*step_args):
       dispatch_times.append(_clocks())
       return jitted(*step_args)
-    step.lower = jitted.lower
-    return step
+    step.lower = jitted.lower  # The throughput meter lowers it to count its FLOPs.
+    return dataclasses.replace(run, train_step=step)
 
-  trainer.compile_train_step = timed_compile
+  train_input = data.train_iterator
   if host_batches is not None:
-    data.train_iterator = lambda *args, start_step=0, **kwargs: iter(host_batches[start_step:])
-  try:
-    with tempfile.TemporaryDirectory() as workdir:
-      trainer.train_and_evaluate(config, workdir)
-  finally:
-    trainer.compile_train_step, data.train_iterator = compile_step, train_iterator
+    train_input = lambda *args, start_step=0, **kwargs: iter(host_batches[start_step:])
+  with tempfile.TemporaryDirectory() as workdir:
+    loop.train_and_evaluate(config, workdir, build=timed_build, train_input=train_input)
   times = dispatch_times[FLAGS.warmup - 1:]
   return (times[-1] - times[0]) / (len(times) - 1)
 
 
-def bare_step_time(config, batches) -> np.ndarray:
-  """Mean (wall, CPU) seconds per step of the jitted step alone over the same steps."""
-  run = experiment.from_config(config)
-  step, state, rng, cfg, mesh = jitted_step.jitted_train_step(run)
+def bare_step_time(run, batches) -> np.ndarray:
+  """Mean (wall, CPU) seconds per step of the run's jitted step alone over the same steps."""
+  state = run.init_state()
   for batch in batches[:FLAGS.warmup]:
-    state, metrics = step(state, batch, rng)
+    state, metrics = run.train_step(state, batch, run.dropout_rng)
   jax.block_until_ready(metrics)
   start = _clocks()
   for batch in batches[FLAGS.warmup:]:
-    state, metrics = step(state, batch, rng)
+    state, metrics = run.train_step(state, batch, run.dropout_rng)
   jax.block_until_ready((state, metrics))
   return (_clocks() - start) / (len(batches) - FLAGS.warmup)
 
@@ -116,20 +113,21 @@ def main(argv):
   _check_flags()
   logging.set_verbosity(logging.WARNING)  # The trainer's setup lines would bury the results.
   config = _config()
-  run = experiment.from_config(config)
-  mesh = sharding.create_mesh()
-  iterator = data.train_iterator(run.data, seed=run.train.seed, batch_size=run.train.batch_size)
+  exp = experiment.from_config(config)
+  run = setup.build(exp, num_train_examples=10 ** 6)  # All devices, as the trainer's run.
+  iterator = data.train_iterator(exp.data, seed=run.cfg.seed, batch_size=run.cfg.batch_size)
   host_batches = [next(iterator) for _ in range(FLAGS.steps)]
-  batches = [data.make_global_batch(b, sharding.batch_sharding(mesh)) for b in host_batches]
+  batches = [data.make_global_batch(b, run.batch_sharding) for b in host_batches]
+  print(f'{exp.model.name} {exp.model.variant} batch={run.cfg.batch_size} sharding='
+        f'{run.cfg.sharding} mesh={dict(run.mesh.shape)} steps={FLAGS.steps} (timed '
+        f'{FLAGS.steps - FLAGS.warmup}) checkpoint_every={FLAGS.checkpoint_every}', flush=True)
   results = {'trainer': [], 'trainer, input read ahead': [], 'bare loop': []}
   for repeat in range(FLAGS.repeats):
     results['trainer'].append(trainer_step_time(config))
     results['trainer, input read ahead'].append(trainer_step_time(config, host_batches))
-    results['bare loop'].append(bare_step_time(config, batches))
+    results['bare loop'].append(bare_step_time(run, batches))
     print(f'repeat {repeat}: {_line({k: v[-1] for k, v in results.items()})}', flush=True)
-  print(f'{run.model.name} {run.model.variant} batch={run.train.batch_size} devices={mesh.size} '
-        f'steps={FLAGS.steps} (timed {FLAGS.steps - FLAGS.warmup}) checkpoint_every='
-        f'{FLAGS.checkpoint_every}, fastest of {FLAGS.repeats}:')
+  print(f'fastest of {FLAGS.repeats}:')
   print(_line({k: np.min(v, axis=0) for k, v in results.items()}) + ' (target <= 1.05)')
 
 
