@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from token_learner import encoder_plan
+
 SCAN_PREFIX = 'encoderblock_scan_'
 _UNROLLED = re.compile(r'^encoderblock_(\d+)$')
 _SCANNED = re.compile(rf'^{SCAN_PREFIX}(\d+)$')
@@ -36,12 +38,9 @@ REMAT_POLICIES = {
 
 
 def segments(cfg) -> Tuple[Tuple[int, int], ...]:
-  """`((start, stop), ...)`: the layer ranges scanned one after the other for a ModelConfig."""
-  cuts = [0, cfg.num_layers]
-  loc = cfg.tokenlearner.loc
-  if cfg.uses_tokenlearner and not cfg.tokenlearner.fuser and 0 < loc < cfg.num_layers:
-    cuts.insert(1, loc)
-  return tuple(zip(cuts[:-1], cuts[1:]))
+  """`((start, stop), ...)`: the layer ranges scanned one after the other for a ModelConfig (the
+  `Blocks` of its encoder plan, token_learner/encoder_plan.py)."""
+  return encoder_plan.segments(encoder_plan.plan(cfg))
 
 
 def droppath_rates(cfg, start: int, stop: int):

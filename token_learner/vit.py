@@ -6,11 +6,11 @@ Parameter names follow the public ViT checkpoints (`embedding`, `cls`,
 TokenLearner and fuser parameters live in `Transformer/tokenlearner_{i}` / `Transformer/fuser_{i}`,
 i the encoder layer they precede.
 
-Placement (`config.model.tokenlearner`):
-- fuser=False, Fig. 3(a): layers [0, loc) see the patch grid, one TokenLearner runs before layer
-  `loc`, every later layer sees S (x T) tokens.
-- fuser=True, Fig. 3(b): layers [loc, num_layers) are TokenLearner -> block -> TokenFuser (or an
-  alternative of §3.5.3) with the block's input grid as residual, so the grid is kept throughout.
+Placement (`config.model.tokenlearner`, laid out by `token_learner.encoder_plan.plan`):
+- fuser=False, Fig. 3(a): layers [0, loc) see the patch grid, one TokenLearner (§2.1) runs before
+  layer `loc`, every later layer sees S (x T) tokens.
+- fuser=True, Fig. 3(b): layers [loc, num_layers) are TokenLearner -> block -> TokenFuser (§2.2,
+  or an alternative of §3.5.3) with the block's input grid as residual, so the grid is kept.
 - A CLS token (classifier='token') is prepended before the position embedding is added (vit_jax)
   and carried through every block; TokenLearners pool the patch grid only, the CLS token is put
   back in front of the learned tokens, and the classifier reads it. So the blocks of a ViT
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from token_learner import ablations
+from token_learner import encoder_plan
 from token_learner import layer_scan
 from token_learner.model_config import ModelConfig
 from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11, float32_attention
@@ -190,54 +191,55 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Position embeddings, encoder blocks with TokenLearner placement, final LayerNorm.
+  """Position embeddings, the steps of the encoder plan, final LayerNorm (§3.1, Fig. 3).
+
+  `token_learner.encoder_plan.plan(config)` lays the encoder out (runs of blocks, the Fig. 3(a)
+  TokenLearner, Fig. 3(b) TokenLearner -> block -> fuser layers, §3.5.2 pools); this module only
+  executes the steps in order.
 
   Call: `(x [B, N, C], grid_shape (T, H, W), *, train)` where N = T*H*W (+1 with a CLS token in
   front: it stays in front, out of the TokenLearners' pooling). Returns `(x [B, N', C], aux)` with
-  aux['attention_maps'] the TokenLearners' maps.
+  aux['attention_maps'] the TokenLearners' maps, in layer order.
   """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x, grid_shape, *, train: bool):
-    cfg, tl = self.config, self.config.tokenlearner
+    cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     x = AddPositionEmbs(name='posembed_input')(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train).astype(dtype)
-
-    pools = dict(cfg.spatial_pooling)
     grid = tuple(grid_shape)
-    num_prefix = x.shape[1] - grid[0] * grid[1] * grid[2]  # The CLS token, kept out of pooling.
-    split = lambda seq: (seq[:, :num_prefix], seq[:, num_prefix:])
-    join = lambda prefix, seq: jnp.concatenate([prefix, seq], axis=1) if num_prefix else seq
-    tl_grid = lambda g: g[1:] if g[0] == 1 else g  # Images: maps [B, S, H, W], not [B, 1, S, H, W].
-    maps = []
-    scans = {seg[0]: (k, *seg) for k, seg in enumerate(layer_scan.segments(cfg))}
-    for lyr in range(cfg.num_layers + 1):
-      if lyr in pools:
-        x, grid = ablations.spatial_pool(x, grid, pools[lyr])
-      if cfg.uses_tokenlearner and lyr == tl.loc and not tl.fuser:
-        prefix, x = split(x)
-        x, m = self._token_learner(lyr)(x, tl_grid(grid), train=train)
-        x = join(prefix, x)
+    num_prefix = x.shape[1] - math.prod(grid)  # The CLS token, kept out of pooling.
+    maps, num_scans = [], 0
+    for step in encoder_plan.plan(cfg):
+      if isinstance(step, encoder_plan.Pool):
+        x, grid = ablations.spatial_pool(x, grid, step.k)
+      elif isinstance(step, encoder_plan.Learn):
+        prefix, patches = _split(x, num_prefix)
+        tokens, m = self._token_learner(step)(patches, _map_grid(grid), train=train)
+        x = _join(prefix, tokens)
         maps.append(m)
-      if lyr == cfg.num_layers:
-        break
-      if cfg.scan_layers:  # One scan per segment; the TokenLearner runs between segments.
-        if lyr in scans:
-          x = self._scan(scans[lyr], x, train)
-        continue
-      block = self._block(lyr, train)
-      if cfg.uses_tokenlearner and tl.fuser and lyr >= tl.loc:
-        prefix, x = split(x)
-        tokens, m = self._token_learner(lyr)(x, tl_grid(grid), train=train)
+      elif isinstance(step, encoder_plan.LearnAndFuse):
+        x, m = self._learn_and_fuse(step, x, grid, num_prefix, train)
         maps.append(m)
-        prefix, tokens = split(block(join(prefix, tokens)))
-        x = join(prefix, self._fuse(lyr, tokens, x, m, tl_grid(grid), train))
+      elif step.scanned:
+        x = self._scan((num_scans, step.start, step.stop), x, train)
+        num_scans += 1
       else:
-        x = block(x)
+        for lyr in step.layers:
+          x = self._block(lyr, train)(x)
     x = nn.LayerNorm(dtype=dtype, name='encoder_norm')(x)
     return x, {'attention_maps': tuple(maps)}
+
+  def _learn_and_fuse(self, step, x, grid, num_prefix, train):
+    """Fig. 3(b): TokenLearner on the grid -> block `step.layer` on the tokens (and the CLS token)
+    -> fuser back onto the grid, the block's input grid as residual. Returns `(x, maps)`."""
+    block = self._block(step.layer, train)
+    prefix, x = _split(x, num_prefix)
+    tokens, maps = self._token_learner(step)(x, _map_grid(grid), train=train)
+    prefix, tokens = _split(block(_join(prefix, tokens)), num_prefix)
+    return _join(prefix, self._fuse(step, tokens, x, maps, _map_grid(grid), train)), maps
 
   def _block(self, lyr, train):
     """Encoder layer `lyr` as a callable `[B, N, C] -> [B, N, C]` (`encoderblock_{lyr}`)."""
@@ -251,7 +253,8 @@ class Encoder(nn.Module):
     return lambda x: step(x, None)[0]
 
   def _scan(self, segment, x, train):
-    """Layers [start, stop) as one `nn.scan` over `BlockStep` (`encoderblock_scan_{k}`)."""
+    """Layers [start, stop) of `segment` (k, start, stop) as one `nn.scan` over `BlockStep`
+    (`encoderblock_scan_{k}`)."""
     cfg = self.config
     k, start, stop = segment
     step = BlockStep
@@ -265,25 +268,43 @@ class Encoder(nn.Module):
     x, _ = scan(cfg, train, rate, name=f'{layer_scan.SCAN_PREFIX}{k}')(x, rates)
     return x
 
-  def _token_learner(self, lyr):
+  def _token_learner(self, step):
+    """The TokenLearner (§2.1) of a Learn / LearnAndFuse step (`tokenlearner_{layer}`)."""
     tl, dtype = self.config.tokenlearner, jnp.dtype(self.config.dtype)
-    if tl.version == 'v1':
-      return TokenLearner(tl.num_tokens, pooling=tl.pooling, dtype=dtype,
-                          name=f'tokenlearner_{lyr}')
-    return TokenLearnerV11(tl.num_tokens, tl.bottleneck_dim, tl.dropout_rate, dtype=dtype,
-                           name=f'tokenlearner_{lyr}')
+    name = f'tokenlearner_{step.layer}'
+    if step.version == 'v1':
+      return TokenLearner(step.num_tokens, pooling=tl.pooling, dtype=dtype, name=name)
+    return TokenLearnerV11(step.num_tokens, tl.bottleneck_dim, tl.dropout_rate, dtype=dtype,
+                           name=name)
 
-  def _fuse(self, lyr, tokens, residual, maps, grid, train):
+  def _fuse(self, step, tokens, residual, maps, grid, train):
+    """The fuser of a LearnAndFuse step (`fuser_{layer}`): TokenFuser (§2.2, Eq. 2) or §3.5.3's
+    unpool / reprojection."""
     cfg, tl = self.config, self.config.tokenlearner
-    dtype, name = jnp.dtype(cfg.dtype), f'fuser_{lyr}'
-    if tl.fuser_type == 'tokenfuser':
-      return TokenFuser(tl.fuser_mixing, tl.fuser_mlp_dim, tl.dropout_rate, dtype=dtype,
+    dtype, name = jnp.dtype(cfg.dtype), f'fuser_{step.layer}'
+    if step.fuser_type == 'tokenfuser':
+      return TokenFuser(step.fuser_mixing, tl.fuser_mlp_dim, tl.dropout_rate, dtype=dtype,
                         name=name)(tokens, residual, grid, train=train)
-    if tl.fuser_type == 'unpool':
+    if step.fuser_type == 'unpool':
       return ablations.Unpool(name=name)(tokens, residual, maps, grid, train=train)
     return ablations.Reprojection(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
                                   cfg.attention_dropout_rate, dtype=dtype,
                                   name=name)(tokens, residual, train=train)
+
+
+def _split(x, num_prefix):
+  """`[B, P + N, C]` -> (the P prefix (CLS) tokens, the N others)."""
+  return x[:, :num_prefix], x[:, num_prefix:]
+
+
+def _join(prefix, x):
+  return jnp.concatenate([prefix, x], axis=1) if prefix.shape[1] else x
+
+
+def _map_grid(grid):
+  """The grid a TokenLearner / fuser takes: images `(H, W)` (maps `[B, S, H, W]`), video
+  `(T, H, W)` (maps `[B, T, S, H, W]`)."""
+  return grid[1:] if grid[0] == 1 else grid
 
 
 def encoder_block(cfg: ModelConfig, droppath_rate, name: Optional[str] = None) -> EncoderBlock:
