@@ -151,7 +151,7 @@ def probe_malformed(root):
   with futures.ThreadPoolExecutor(2) as pool:
     separate = list(pool.map(one, enumerate(MALFORMED[:2])))
   args = [command(os.path.join(root, 'malformed'), {f: v})[2:] for f, v in MALFORMED]
-  p = subprocess.run([sys.executable, '-m', 'tools.fault_suite', '_inject', 'malformed',
+  p = subprocess.run([sys.executable, '-m', 'tools.fault_harness', '_inject', 'malformed',
                       json.dumps(args)], cwd=REPO, env=ENV, capture_output=True, text=True,
                      timeout=600)
   results = [json.loads(l[len('RESULT '):]) for l in p.stdout.splitlines()
