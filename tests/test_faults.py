@@ -19,6 +19,7 @@ from token_learner.train import checkpoints
 from token_learner.train import logger
 from token_learner.train import preemption
 from token_learner.train import setup
+from tools.fault_harness import array_files, garble, garble_silently
 
 
 @pytest.fixture(scope='module')
@@ -34,41 +35,6 @@ def _copy(src, dst):
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(src, dst)
   return str(dst)
-
-
-def _array_files(workdir, step):
-  files = glob.glob(os.path.join(workdir, 'checkpoints', str(step), 'default', '**', 'd', '*'),
-                    recursive=True)
-  return sorted(files, key=os.path.getsize)
-
-
-def _garble(path, size=2048, at=0.5):
-  """Overwrites `size` bytes of `path` around `at` of its length; the file keeps its size."""
-  length = os.path.getsize(path)
-  with open(path, 'r+b') as f:
-    f.seek(max(0, int(length * at) - size // 2))
-    f.write(np.random.default_rng(0).bytes(min(size, length)))
-  assert os.path.getsize(path) == length
-
-
-def _garble_silently(workdir, step):
-  """Garbles bytes of an array file of checkpoint `step` such that it still restores, with
-  other values (most garbling breaks the compressed stream, which orbax reports itself)."""
-  directory = os.path.join(workdir, 'checkpoints', str(step))
-  original = checkpoints.restore_params(directory)
-  for at in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.9, 0.1):
-    for path in reversed(_array_files(workdir, step)):
-      content = open(path, 'rb').read()
-      _garble(path, size=8, at=at)
-      try:
-        garbled = checkpoints.restore_params(directory)
-        if not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(original),
-                                                        jax.tree.leaves(garbled))):
-          return
-      except Exception:  # pylint: disable=broad-except
-        pass
-      open(path, 'wb').write(content)
-  raise AssertionError('no silent garbling found')
 
 
 def _assert_same(a, b):
@@ -102,7 +68,7 @@ def test_garbled_checkpoint_falls_back_and_all_bad_is_an_error(tmp_path, referen
   ref_dir, ref_params = reference
   workdir = _copy(ref_dir, tmp_path / 'w')
   os.remove(os.path.join(workdir, 'summary.json'))
-  _garble_silently(workdir, 6)  # Restores as is: only the digest can tell.
+  garble_silently(workdir, 6)  # Restores as is: only the digest can tell.
   assert trainer.train_and_evaluate(tiny_config(), workdir)['step'] == 6
   assert 'Checkpoint at step 6 is unreadable or corrupt' in caplog.text
   assert any('6.corrupt' in d for d in os.listdir(os.path.join(workdir, 'checkpoints')))
@@ -110,7 +76,7 @@ def test_garbled_checkpoint_falls_back_and_all_bad_is_an_error(tmp_path, referen
                ref_params)
 
   for step in (2, 4, 6):
-    _garble(_array_files(workdir, step)[-1])
+    garble(array_files(workdir, step)[-1])
   with pytest.raises(checkpoints.CorruptCheckpointError, match='None of the checkpoints'):
     trainer.train_and_evaluate(tiny_config(), workdir)
 

@@ -94,16 +94,15 @@ def quote(line, needle, width=100):
   return line[max(0, line.find(needle)):][:width]
 
 
-# ---------------------------------------------------------------------------------------------
-# Probes.
+# What the corruption probes (and tests/test_faults.py) do to checkpoint files.
 
 
-def _truncate(path):
+def truncate(path):
   with open(path, 'r+b') as f:
     f.truncate(os.path.getsize(path) // 2)
 
 
-def _garble(path, size=2048, at=0.5):
+def garble(path, size=2048, at=0.5):
   import numpy as np  # pylint: disable=g-import-not-at-top
   n = os.path.getsize(path)
   with open(path, 'r+b') as f:
@@ -111,18 +110,18 @@ def _garble(path, size=2048, at=0.5):
     f.write(np.random.default_rng(0).bytes(min(size, n)))
 
 
-def _array_files(workdir, step):
+def array_files(workdir, step):
   return sorted(glob.glob(os.path.join(workdir, 'checkpoints', str(step), 'default', '**', 'd',
                                        '*'), recursive=True), key=os.path.getsize)
 
 
-def _garble_silently(workdir, step):
+def garble_silently(workdir, step):
   """8 bytes of an array file changed so that the checkpoint still restores, other values."""
   before = params(workdir, step)
   for at in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.9, 0.1):
-    for path in reversed(_array_files(workdir, step)):
+    for path in reversed(array_files(workdir, step)):
       content = open(path, 'rb').read()
-      _garble(path, 8, at)
+      garble(path, 8, at)
       try:
         if not identical(before, params(workdir, step)):
           return
@@ -137,6 +136,8 @@ def inject(kind, argv):
   'nan_from_step_<k>' (inputs of step k onwards are NaN)."""
   import runpy  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  # Imported before jax.jit is patched (clu decorates functions with jax.jit at import).
+  from token_learner.train import loop  # pylint: disable=g-import-not-at-top
   if kind in ('nojit', 'malformed'):
     def no_jit(*args, **kwargs):
       raise AssertionError('compiled before validating the config')
@@ -170,7 +171,6 @@ def inject(kind, argv):
     import functools  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from token_learner import data  # pylint: disable=g-import-not-at-top
-    from token_learner.train import loop  # pylint: disable=g-import-not-at-top
     first = int(kind.rsplit('_', 1)[1])
 
     def nan_iterator(cfg, start_step=0, **kwargs):

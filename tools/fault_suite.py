@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 
-from tools.fault_harness import (ENV, REPO, RESULTS, STEPS, _array_files, _garble_silently,
-                                 _truncate, command, events, identical, last_line, params,
+from tools.fault_harness import (ENV, REPO, RESULTS, STEPS, array_files, garble_silently,
+                                 truncate, command, events, identical, last_line, params,
                                  quote, record, run, start, steps_in)
 
 def probe_sigkill(root, reference):
@@ -91,9 +91,9 @@ def probe_sigterm(root, reference):
 
 def probe_corrupt(root, reference):
   faults = {
-      'truncated': lambda w: _truncate(_array_files(w, STEPS)[-1]),
-      'deleted': lambda w: os.remove(_array_files(w, STEPS)[-1]),
-      'garbled (same size, restores silently)': lambda w: _garble_silently(w, STEPS),
+      'truncated': lambda w: truncate(array_files(w, STEPS)[-1]),
+      'deleted': lambda w: os.remove(array_files(w, STEPS)[-1]),
+      'garbled (same size, restores silently)': lambda w: garble_silently(w, STEPS),
   }
   for name, fault in faults.items():
     workdir = shutil.copytree(reference, os.path.join(root, 'corrupt-' + name.split()[0]))
@@ -106,7 +106,7 @@ def probe_corrupt(root, reference):
 
   workdir = shutil.copytree(reference, os.path.join(root, 'corrupt-all'))
   for step in steps_in(workdir):
-    _truncate(_array_files(workdir, step)[-1])
+    truncate(array_files(workdir, step)[-1])
   code, output, seconds = run(workdir)
   line = last_line(output, 'None of the checkpoints')
   record('all checkpoints bad', 'clear error, nothing overwritten', code != 0 and bool(line),
