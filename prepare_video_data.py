@@ -6,7 +6,9 @@ r"""Writes videos as the sharded TFRecords the video reader trains on (`dataset.
       --classes=/data/clips_tfr/train.classes.txt
 
 --videos is a folder of `<class>/` subfolders (video files or folders of frames) or a CSV of
-`path,label[,label...]` lines (multi-label allowed). The class list is written next to the shards
+`path,label[,label...]` lines (multi-label allowed), or, with --annotations=kinetics|charades
+and --video_root=DIR (the downloaded videos), the dataset's public annotation CSV
+(docs/datasets.md). The class list is written next to the shards
 (`OUT.classes.txt`); pass the train split's list with --classes for the other splits so ids agree.
 Re-running the same command resumes: complete shards are kept. Then train with e.g.
 
@@ -20,6 +22,11 @@ from absl import flags
 from token_learner.data import prepare
 
 flags.DEFINE_string('videos', None, 'Folder of <class>/ subfolders, or a CSV path,label[,...].')
+flags.DEFINE_enum('annotations', 'paths', prepare.ANNOTATIONS,
+                  "--videos format: 'paths' (class folders or a path,label CSV), or a public "
+                  "annotation CSV: 'kinetics' (Kinetics-400/600), 'charades' (Charades_v1_*.csv).")
+flags.DEFINE_string('video_root', None, 'With --annotations=kinetics|charades: the folder of the '
+                    'downloaded videos.')
 flags.DEFINE_string('out', None, 'Output prefix: OUT-00000-of-0000N.tfrecord, OUT.classes.txt.')
 flags.DEFINE_float('fps', None, 'Resample video files to this frame rate (default: as stored).')
 flags.DEFINE_integer('short_side', None, 'Resize frames so the short side has this many pixels.')
@@ -35,8 +42,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  examples = prepare.list_examples(FLAGS.videos)
-  classes = None
+  examples, classes = prepare.list_annotated(FLAGS.videos, FLAGS.annotations, FLAGS.video_root)
   if FLAGS.classes:
     with open(FLAGS.classes) as f:
       classes = [line.strip() for line in f if line.strip()]

@@ -8,8 +8,9 @@ learning rate 1e-3 with 10k warmup steps and linear decay, weight decay 0.03 (ke
 config.weight_decay_regex), gradient clipping at global norm 1, a pre-logits layer of the model
 width (dropped again for fine-tuning). Softmax cross-entropy on the single TFDS label.
 
-Data: TFDS 'imagenet21k' (ImageNet-21k, 21,843 classes; manual download from image-net.org into
-the TFDS data_dir, with a TFDS version that defines the builder); hold out the first 102,400 train
+Data: TFDS 'imagenet21k' (ImageNet-21k, 21,843 classes of fall11_whole.tar from image-net.org),
+built with `tfds build token_learner/data/imagenet21k --manual_dir=... --data_dir=...`
+(docs/datasets.md); hold out the first 102,400 train
 images (ViT's minival-like split) for evaluation. Launch:
 
   python main.py --config=configs/imagenet21k_tokenlearner.py --workdir=/tmp/tl_i21k \

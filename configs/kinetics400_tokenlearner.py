@@ -2,11 +2,12 @@ r"""Kinetics-400: ViViT-L/16 + 16 TokenLearner tokens per frame at layer 12 (§5
 
 32 frames at 224x224, tubelet 2x16x16 (16 x 14 x 14 = 3136 tokens before the TokenLearner, 16 x 16 =
 256 after), §5.2 settings: 30 epochs, Momentum optimizer, base learning rate 0.05, cosine decay.
-Kinetics is read from DMVR-style TFRecords the user prepares (set the file patterns).
+Kinetics is read from DMVR-style TFRecords written by prepare_video_data.py (docs/datasets.md;
+set the file patterns). Kinetics-600: the same with --config.model.num_classes=600.
 
   python main.py --config=configs/kinetics400_tokenlearner.py --workdir=/tmp/tl_k400 \
-    --config.dataset.file_pattern_train='/data/k400/train@*' \
-    --config.dataset.file_pattern_eval='/data/k400/val@*' \
+    --config.dataset.file_pattern_train='/data/kinetics400/train-*.tfrecord' \
+    --config.dataset.file_pattern_eval='/data/kinetics400/validate-*.tfrecord' \
     --config.init_from.path=/data/vit_models/ViT-L_16.npz --config.init_from.inflation=central_frame
 
 init_from (§5.2): an image ViT-L/16 (a public `.npz`, or this project's image pretraining with
@@ -32,7 +33,8 @@ def get_config():
                                 loc=12, version='v1', fuser=False, tubelet_size=2,
                                 stochastic_depth=0.1),
       dataset=common.dataset_config(
-          'dmvr', file_pattern_train='', file_pattern_eval='', frames_key='image/encoded',
+          'kinetics400', file_pattern_train='/path/to/kinetics400/train-*.tfrecord',
+          file_pattern_eval='/path/to/kinetics400/validate-*.tfrecord', frames_key='image/encoded',
           label_key='clip/label/index', multi_label=False, num_frames=32, stride=2,
           image_size=224, eval_clips=4, eval_crops=3, mean=(0.5, 0.5, 0.5),
           std=(0.5, 0.5, 0.5), augment=True))

@@ -194,7 +194,7 @@ def test_config_errors():
     data.dataset_info(make_cfg(name='no_such_dataset_xyz'))
   with pytest.raises(ValueError, match='config.dataset.root'):
     make_cfg(name='image_folder')
-  with pytest.raises(FileNotFoundError, match='nowhere'):
+  with pytest.raises(ValueError, match="'/nowhere' is not a directory.*mkdir -p /nowhere/train"):
     make_cfg(name='image_folder', root='/nowhere')
   with pytest.raises(ValueError, match='eval_split'):
     data.dataset_info(make_cfg(eval_split='validation'))
@@ -346,7 +346,8 @@ def test_image_folder_corrupt_file(tmp_path, caplog):
 def test_image_folder_missing_split(tmp_path):
   write_folder(tmp_path, 'train')
   (tmp_path / 'empty' / 'cat').mkdir(parents=True)
-  with pytest.raises(FileNotFoundError, match='test'):
+  with pytest.raises(ValueError, match=f"eval_split='test' has no folder {tmp_path}/test "
+                     r'\(found: empty, train\)'):
     data.eval_input(folder_cfg(tmp_path), batch_size=4)
   with pytest.raises(ValueError, match='no .* images'):
     data.eval_input(folder_cfg(tmp_path, eval_split='empty'), batch_size=4)
@@ -409,3 +410,20 @@ def test_tfds_imagenet_real_eval_carries_real_labels():
   if valid:
     want = np.mean([top[i] in want_sets[i] for i in valid])
     assert metrics.eval_results(m)['real_accuracy'] == pytest.approx(want)
+
+
+def test_image_folder_counts_ignored_files(tmp_path):
+  """Hidden entries and files of other extensions are left out of the splits and counted once
+  per folder (train and eval slices of one folder share it) in DatasetInfo."""
+  write_folder(tmp_path, 'train')
+  for path in ('cat/.a.png', 'dog/._c.png', '.DS_Store', 'cat/notes.txt', 'dog/f.gif',
+               'README'):
+    (tmp_path / 'train' / path).write_bytes(b'x')
+  (tmp_path / 'train' / '.ipynb_checkpoints').mkdir()
+  cfg = folder_cfg(tmp_path, train_split='train[:60%]', eval_split='train[60%:]')
+  info = data.dataset_info(cfg)
+  assert (info.num_train, info.num_eval, info.num_classes) == (3, 2, 2)
+  assert (info.ignored_hidden, info.ignored_other) == (4, 3)
+  from token_learner.train import logger  # pylint: disable=g-import-not-at-top
+  assert logger.ignored_files(info) == '; 7 files ignored (4 hidden, 3 not .png/.jpg/.jpeg)'
+  assert logger.ignored_files(data.dataset_info(make_cfg())) == ''

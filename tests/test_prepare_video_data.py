@@ -111,3 +111,29 @@ def test_command_line(tmp_path, videos, subprocess_env):
   assert '3 videos written' in out.stdout
   assert sorted(os.listdir(tmp_path / 'tfr')) == [
       'train-00000-of-00002.tfrecord', 'train-00001-of-00002.tfrecord', 'train.classes.txt']
+
+
+def test_public_annotation_csvs(tmp_path):
+  """Kinetics and Charades lists -> examples: the clip file names the downloaders write, the
+  labels, Charades' fixed 157 classes (its ids do not depend on which classes a split holds)."""
+  root = tmp_path / 'videos'
+  (root / 'abseiling').mkdir(parents=True)
+  (root / 'abseiling' / 'abc_000010_000020.mp4').write_bytes(b'')
+  (root / 'xyz_000001_000011.mp4').write_bytes(b'')
+  k = tmp_path / 'train.csv'
+  k.write_text('label,youtube_id,time_start,time_end,split\nabseiling,abc,10,20,train\n'
+               'air drumming,xyz,1,11,train\n')
+  examples, classes = prepare.list_annotated(str(k), 'kinetics', str(root))
+  assert classes is None and examples == [
+      prepare.Example(str(root / 'abseiling' / 'abc_000010_000020.mp4'), ('abseiling',)),
+      prepare.Example(str(root / 'xyz_000001_000011.mp4'), ('air drumming',))]
+  c = tmp_path / 'Charades_v1_train.csv'
+  c.write_text('id,subject,scene,quality,relevance,verified,script,objects,descriptions,'
+               'actions,length\n46GP8,HR43,Kitchen,6,7,Yes,s,o,d,c092 11.90 21.20;c147 0.00 12.60,'
+               '24.83\nN11GT,0KZ7,Stairs,6,7,Yes,s,o,d,,18.33\n')
+  examples, classes = prepare.list_annotated(str(c), 'charades', str(root))
+  assert examples == [prepare.Example(str(root / '46GP8.mp4'), ('c092', 'c147')),
+                      prepare.Example(str(root / 'N11GT.mp4'), ())]
+  assert len(classes) == 157 and classes[92] == 'c092'
+  with pytest.raises(ValueError, match='--video_root'):
+    prepare.list_annotated(str(c), 'charades', str(tmp_path / 'nowhere'))

@@ -11,6 +11,7 @@ import os
 from typing import Optional, Tuple, Union
 
 from token_learner import fields
+from token_learner.data import guide
 
 WHERE = 'config.dataset'
 # Video datasets (§5, §6.1.1). Any other name is an image dataset: 'digits', 'image_folder' or
@@ -141,7 +142,9 @@ class ImageData(_Data):
       if not self.root:
         raise ValueError(f"{WHERE}.root must be set when {WHERE}.name='image_folder'.")
       if not os.path.isdir(self.root):
-        raise FileNotFoundError(f'{WHERE}.root={self.root!r} is not a directory.')
+        raise ValueError(guide.image_folder_missing(
+            self.root, f'{WHERE}.root={self.root!r} is not a directory', self.train_split,
+            self.eval_split))
 
   def num_read_shards(self, global_batch: int, process_count: int) -> int:
     """`read_shards` resolved for a run (1 where it does not apply); errors name the field."""
@@ -244,3 +247,7 @@ class DatasetInfo:
   example_shape: tuple  # (H, W, 3) or (T, H, W, 3): one view after preprocessing.
   num_views: int = 1  # eval views per example: eval_clips * eval_crops for videos.
   multi_label: bool = False
+  # image_folder: files of its split folders left out, hidden (a leading '.') or with an
+  # extension other than .png/.jpg/.jpeg.
+  ignored_hidden: int = 0
+  ignored_other: int = 0

@@ -27,16 +27,16 @@ count is logged and kept in `iterator.num_skipped` (see `token_learner.data.corr
 import dataclasses
 import os
 import re
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from token_learner.data import corrupt_images, digits, stream
+from token_learner.data import corrupt_images, digits, guide, stream
 from token_learner.data.config import DatasetInfo, ImageData
 
-_IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+_IMAGE_EXTENSIONS = guide.IMAGE_EXTENSIONS
 _EVAL_CROP_FRACTION = 0.875  # Standard ImageNet eval: resize to S / 0.875, centre crop S.
 
 
@@ -48,6 +48,8 @@ class _ImageSource(stream.Source):
   # raw -> encoded image bytes; None when raw already is a float32 [h, w, 3] image in [0, 1].
   read_bytes: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
   files: Optional[list] = None  # image_folder: the paths, in record order.
+  folder: Optional[str] = None  # image_folder: the split's folder...
+  ignored: Tuple[int, int] = (0, 0)  # ...and its (hidden, other extension) files left out.
 
   def decode(self, raw) -> tf.Tensor:
     """The whole image: uint8 [h, w, 3], or float32 in [0, 1] for in-memory images."""
@@ -118,39 +120,72 @@ def _digits_source(split: str, field: str) -> _ImageSource:
                             targets[lo:hi].astype(np.int32)))
 
 
-def _image_folder_classes(root: str, train_split: str) -> list:
-  base = os.path.join(root, _slice_split(train_split, 'train_split')[0])
+def _hidden(name: str) -> bool:
+  return name.startswith('.')  # .DS_Store, ._IMG.jpg (AppleDouble), .ipynb_checkpoints, ...
+
+
+def _split_folder(cfg: ImageData, split: str, field: str) -> str:
+  base = os.path.join(cfg.root, _slice_split(split, field)[0])
   if not os.path.isdir(base):
-    raise FileNotFoundError(f'image_folder train split directory {base!r} does not exist '
-                            '(config.dataset.root / config.dataset.train_split).')
-  classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+    found = sorted(d for d in os.listdir(cfg.root)
+                   if os.path.isdir(os.path.join(cfg.root, d)) and not _hidden(d))
+    raise ValueError(guide.image_folder_missing(
+        cfg.root, f'config.dataset.{field}={split!r} has no folder {base} (found: '
+        f'{", ".join(found) or "none"})', cfg.train_split, cfg.eval_split))
+  return base
+
+
+def _class_folders(base: str) -> list:
+  return sorted(d for d in os.listdir(base)
+                if not _hidden(d) and os.path.isdir(os.path.join(base, d)))
+
+
+def _image_folder_classes(cfg: ImageData) -> list:
+  base = _split_folder(cfg, cfg.train_split, 'train_split')
+  classes = _class_folders(base)
   if not classes:
-    raise ValueError(f'image_folder train split {base!r} has no class subfolders.')
+    raise ValueError(guide.image_folder_missing(
+        cfg.root, f'the train split folder {base} has no class subfolders', cfg.train_split,
+        cfg.eval_split))
   for cls in classes:  # An empty folder would silently become a class no example has.
-    if not any(f.lower().endswith(_IMAGE_EXTENSIONS) for f in os.listdir(os.path.join(base, cls))):
+    if not any(_is_image(f) for f in os.listdir(os.path.join(base, cls))):
       raise ValueError(f'image_folder class folder {os.path.join(base, cls)!r} has no '
                        f'{"/".join(_IMAGE_EXTENSIONS)} images; remove it or add its images.')
   return classes
 
 
+def _is_image(name: str) -> bool:
+  return not _hidden(name) and name.lower().endswith(_IMAGE_EXTENSIONS)
+
+
 def _image_folder_source(cfg: ImageData, split: str, field: str) -> _ImageSource:
-  """Files ROOT/<split>/<class>/*.{png,jpg,jpeg}; labels index the train split's classes."""
-  classes = _image_folder_classes(cfg.root, cfg.train_split)
+  """Files ROOT/<split>/<class>/*.{png,jpg,jpeg}; labels index the train split's classes.
+
+  Ignored, and counted in `source.ignored` (hidden, other): hidden entries (a leading '.') and
+  files with another extension, in the class folders and beside them.
+  """
+  classes = _image_folder_classes(cfg)
   name, bounds = _slice_split(split, field)
-  base = os.path.join(cfg.root, name)
-  if not os.path.isdir(base):
-    raise FileNotFoundError(f'config.dataset.{field}={split!r}: directory {base!r} not found.')
-  paths, labels = [], []
+  base = _split_folder(cfg, split, field)
+  paths, labels, hidden, other = [], [], 0, 0
   for cls in sorted(os.listdir(base)):
+    if _hidden(cls):
+      hidden += 1
+      continue
     if not os.path.isdir(os.path.join(base, cls)):
+      other += 1
       continue
     if cls not in classes:
       raise ValueError(f'Class folder {os.path.join(base, cls)!r} is not a class of the train '
                        f'split ({classes}).')
     for f in sorted(os.listdir(os.path.join(base, cls))):
-      if f.lower().endswith(_IMAGE_EXTENSIONS):
+      if _is_image(f):
         paths.append(os.path.join(base, cls, f))
         labels.append(classes.index(cls))
+      elif _hidden(f):
+        hidden += 1
+      else:
+        other += 1
   if not paths:
     raise ValueError(f'config.dataset.{field}={split!r}: no {"/".join(_IMAGE_EXTENSIONS)} '
                      f'images under {base!r}/<class>/.')
@@ -161,19 +196,16 @@ def _image_folder_source(cfg: ImageData, split: str, field: str) -> _ImageSource
   paths = [paths[i] for i in order]
   return _ImageSource(
       description=f'image_folder {base!r}', num_examples=len(order), num_classes=len(classes),
-      read_bytes=tf.io.read_file, files=paths,
+      read_bytes=tf.io.read_file, files=paths, folder=base, ignored=(hidden, other),
       lookup=_gather_lookup(paths, paths, np.asarray(labels, np.int32)[order]))
 
 
 def _tfds_builder(cfg: ImageData, field: str = 'train_split'):
-  """The builder of the TFDS dataset of split `field` (eval_split: `eval_name` if set)."""
+  """The builder of the TFDS dataset of split `field` (eval_split: `eval_name` if set); a
+  ValueError naming the folder and the `tfds build` command when it is not prepared."""
   use_eval_name = field == 'eval_split' and cfg.eval_name
   name, where = (cfg.eval_name, 'eval_name') if use_eval_name else (cfg.name, 'name')
-  try:
-    builder = tfds.builder(name, data_dir=cfg.data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"config.dataset.{where}={name!r} is neither 'digits', 'image_folder' "
-                     'nor a TFDS dataset.') from e
+  builder = guide.tfds_builder(name, cfg.data_dir, f'config.dataset.{where}')
   features = builder.info.features
   if 'image' not in features or _label_key(builder) not in features:
     raise ValueError(f"TFDS dataset {name!r} has no 'image' and 'label' features.")
@@ -378,14 +410,18 @@ def dataset_info(cfg: ImageData) -> DatasetInfo:
 
   Sizes are those of the splits as stored; with skip_corrupt=True the iterators may serve fewer.
   """
+  ignored = (0, 0)
   if cfg.source != 'tfds':
-    train = _source(cfg, 'train_split')
-    num_eval = _source(cfg, 'eval_split').num_examples
+    train, evaluation = _source(cfg, 'train_split'), _source(cfg, 'eval_split')
+    num_eval = evaluation.num_examples
     num_classes, num_train = train.num_classes, train.num_examples
+    folders = {s.folder: s.ignored for s in (train, evaluation) if s.folder}  # Each once.
+    ignored = tuple(int(sum(c)) for c in zip((0, 0), *folders.values()))
   else:
     builder = _tfds_builder(cfg)
     num_classes = builder.info.features['label'].num_classes
     num_train = _tfds_count(builder, cfg.train_split)
     num_eval = _tfds_count(_tfds_builder(cfg, 'eval_split'), cfg.eval_split)
   return DatasetInfo(num_classes=num_classes, num_train=num_train, num_eval=num_eval,
-                     example_shape=cfg.example_shape)
+                     example_shape=cfg.example_shape, ignored_hidden=ignored[0],
+                     ignored_other=ignored[1])

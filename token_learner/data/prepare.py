@@ -76,6 +76,45 @@ def list_examples(source: str) -> List[Example]:
   return examples
 
 
+ANNOTATIONS = ('paths', 'kinetics', 'charades')
+CHARADES_CLASSES = tuple(f'c{i:03d}' for i in range(157))
+
+
+def list_annotated(csv_path: str, annotations: str,
+                   video_root: str) -> Tuple[List[Example], Optional[List[str]]]:
+  """(examples, fixed class list or None) of a dataset's public annotation CSV.
+
+  'kinetics': the Kinetics-400/600 lists (`label,youtube_id,time_start,time_end,split`), clips
+  named `<youtube_id>_<start:06d>_<end:06d>.mp4` in `video_root` or `video_root/<label>/`.
+  'charades': Charades_v1_{train,test}.csv (`id,...,actions,...`, actions `c092 11.9 21.2;...`),
+  videos `video_root/<id>.mp4`, the 157 classes c000..c156 in that order. 'paths': `list_examples`.
+  """
+  if annotations == 'paths':
+    return list_examples(csv_path), None
+  if annotations not in ANNOTATIONS:
+    raise ValueError(f'--annotations={annotations!r} must be one of {list(ANNOTATIONS)}')
+  if not video_root or not os.path.isdir(video_root):
+    raise ValueError(f'--video_root={video_root!r} must be the folder of the downloaded videos')
+  with open(csv_path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  examples = []
+  for row in rows:
+    if annotations == 'kinetics':
+      label = (row.get('label') or '').strip()
+      name = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}.mp4"
+      candidates = [os.path.join(video_root, name)] + [
+          os.path.join(video_root, d, name) for d in (label, label.replace(' ', '_')) if d]
+      path = next((c for c in candidates if os.path.exists(c)), candidates[0])
+      examples.append(Example(path, (label,) if label else ()))
+    else:
+      actions = (row.get('actions') or '').strip()
+      labels = sorted({a.split()[0] for a in actions.split(';') if a.strip()})
+      examples.append(Example(os.path.join(video_root, f"{row['id']}.mp4"), tuple(labels)))
+  if not examples:
+    raise ValueError(f'--videos={csv_path!r} lists no videos')
+  return examples, list(CHARADES_CLASSES) if annotations == 'charades' else None
+
+
 def class_names(examples: Sequence[Example]) -> List[str]:
   """Sorted class names of all examples (the label ids index this list)."""
   return sorted({label for e in examples for label in e.labels})

@@ -26,7 +26,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from token_learner.data import digits, stream
+from token_learner.data import digits, guide, stream
 from token_learner.data.config import DatasetInfo, VideoData
 
 
@@ -67,11 +67,12 @@ def _moving_digits_source(cfg: VideoData, split: str) -> _VideoSource:
 
 def _tfds_source(cfg: VideoData, split: str) -> _VideoSource:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  field = 'config.dataset.' + ('tfds_name' if cfg.tfds_name != cfg.name else 'name')
+  builder = guide.tfds_builder(cfg.tfds_name, cfg.data_dir, field)
   source = tfds.data_source(cfg.tfds_name, split=split, data_dir=cfg.data_dir, download=False)
   num_classes = cfg.num_classes
   if num_classes is None:
-    num_classes = tfds.builder(cfg.tfds_name, data_dir=cfg.data_dir).info.features[
-        'label'].num_classes
+    num_classes = builder.info.features['label'].num_classes
 
   def read(i):
     example = source[i]
@@ -79,6 +80,10 @@ def _tfds_source(cfg: VideoData, split: str) -> _VideoSource:
             np.array([example['label']], np.int64))
   return _random_access(f'tfds {cfg.tfds_name} {split!r}', len(source), num_classes, 'frames',
                         read)
+
+
+class NoFilesMatch(ValueError):
+  """A TFRecord glob that matches no file."""
 
 
 def index_tfrecords(pattern: str):
@@ -89,7 +94,7 @@ def index_tfrecords(pattern: str):
   """
   paths = sorted(p for part in pattern.split(',') if part for p in tf.io.gfile.glob(part))
   if not paths:
-    raise ValueError(f'No files match {pattern!r}')
+    raise NoFilesMatch(f'No files match {pattern!r}')
   records = []
   for path in paths:
     size = tf.io.gfile.stat(path).length
@@ -111,8 +116,11 @@ def index_tfrecords(pattern: str):
 def _dmvr_source(cfg: VideoData, field: str) -> _VideoSource:
   pattern = getattr(cfg, field)
   if not pattern:  # Checked here, not in the config: FLOPs and config checks need no files.
-    raise ValueError(f'config.dataset.{field} must be set for dataset {cfg.name!r}')
-  records = index_tfrecords(pattern)
+    raise ValueError(guide.dmvr_missing(cfg.name, field, pattern))
+  try:
+    records = index_tfrecords(pattern)
+  except NoFilesMatch:
+    raise ValueError(guide.dmvr_missing(cfg.name, field, pattern)) from None
   files = {}
 
   def read(i):

@@ -110,14 +110,23 @@ def _logged_steps(workdir: str) -> Dict[str, int]:
   return last
 
 
+def ignored_files(info) -> str:
+  """', N files ignored (...)' for an image folder that left files out, else ''."""
+  hidden, other = info.ignored_hidden, info.ignored_other
+  if not hidden + other:
+    return ''
+  return (f'; {hidden + other} files ignored ({hidden} hidden, {other} not '
+          f'.png/.jpg/.jpeg)')
+
+
 def log_setup(experiment, cfg, mesh, info, state, gflops: float, num_params: int):
   """Topology, dataset, model size and the parameter overview, once at the start of a run."""
   logging.info('Processes: %d (this is %d); devices: %d global, %d local; mesh %s over %s.',
                jax.process_count(), jax.process_index(), jax.device_count(),
                jax.local_device_count(), dict(mesh.shape), mesh.devices.tolist())
-  logging.info('Dataset %s: %d train / %d eval examples, %d classes, example shape %s.',
+  logging.info('Dataset %s: %d train / %d eval examples, %d classes, example shape %s%s.',
                experiment.data.name, info.num_train, info.num_eval, info.num_classes,
-               tuple(info.example_shape))
+               tuple(info.example_shape), ignored_files(info))
   logging.info('Model %s %s: %.4f GFLOPs, %d parameters; %d train steps of batch %d.',
                experiment.model.name, experiment.model.variant, gflops, num_params,
                cfg.num_train_steps, cfg.batch_size)
