@@ -3,16 +3,34 @@
 Every section of an experiment config (`config.model`, `config.dataset`, the trainer's top-level
 fields, `config.init_from`) is a frozen dataclass whose field defaults are the only defaults the
 project has. `from_dict` rejects a key the dataclass does not know with an error naming it, and
-the dataclass's `__post_init__` validates values with the checkers below, so a bad config fails
-before anything is traced or compiled. Fields marked `derived()` are filled by the boundary from
-another section (e.g. the model's input size from the dataset) and are not accepted in a config.
+the dataclass's `__post_init__` calls `validate`, so a bad config fails before anything is traced
+or compiled. Fields marked `derived()` are filled by the boundary from another section (e.g. the
+model's input size from the dataset) and are not accepted in a config.
+
+`validate` checks every config field from its type hint and its `field(...)` metadata:
+
+    lr: float = 1e-3                              # a finite number in [0.0, inf]
+    rate: float = field(0.0, maximum=1.0, below_max=True)   # in [0.0, 1.0)
+    steps: Optional[int] = field(None, minimum=1)  # None or an integer >= 1 (bool is no int)
+    loss: str = field('softmax_xent', choices=LOSSES)
+    shots: Tuple[int, ...] = field((1, 5), minimum=1)  # lists become tuples, each entry checked
+
+int and float fields are non-negative unless `minimum` says otherwise; ints pass as floats (and
+become floats). Choices and bounds of a tuple apply to each entry. Cross-field rules, and fields
+of a shape `validate` does not know (declared `field(..., custom=True)`), stay in the section's
+`__post_init__`, written with the checkers below.
 """
+import collections.abc
 import contextlib
+import copy
 import dataclasses
+import functools
 import math
-from typing import Any, Dict, Mapping, Sequence
+import typing
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 _DERIVED = 'derived'
+_SPEC = 'spec'
 
 
 class ConfigError(ValueError):
@@ -34,6 +52,93 @@ def config_errors():
 def derived(default: Any = None, **kwargs):
   """A dataclass field set by the boundary from another section, never by a config key."""
   return dataclasses.field(default=default, metadata={_DERIVED: True}, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What `validate` checks of a field beyond its type hint (see `field`)."""
+  choices: Optional[Tuple[Any, ...]] = None
+  minimum: float = 0
+  maximum: float = math.inf
+  above_min: bool = False  # minimum excluded
+  below_max: bool = False  # maximum excluded
+  finite: bool = True  # floats: inf and nan are errors (they compare as in range yet poison runs)
+  custom: bool = False  # checked by the section's own code only
+  doc: Optional[str] = None
+
+
+def field(default: Any = dataclasses.MISSING, *, choices: Optional[Sequence[Any]] = None,
+          minimum: float = 0, maximum: float = math.inf, above_min: bool = False,
+          below_max: bool = False, finite: bool = True, custom: bool = False,
+          doc: Optional[str] = None, default_factory: Any = dataclasses.MISSING):
+  """A config field whose choices and bounds `validate` checks; a mutable default is copied."""
+  spec = Spec(None if choices is None else tuple(choices), minimum, maximum, above_min,
+              below_max, finite, custom, doc)
+  if isinstance(default, (list, dict, set)):
+    default, default_factory = dataclasses.MISSING, functools.partial(copy.deepcopy, default)
+  return dataclasses.field(default=default, default_factory=default_factory,
+                           metadata={_SPEC: spec})
+
+
+def validate(section, where: str):
+  """Checks (and normalises: list -> tuple, int -> float) every config field of `section` from
+  its type hint and `field` metadata; a ValueError names `where.field`. Nested sections (a
+  dataclass-typed field) validate themselves; `custom` fields are left to the section."""
+  hints = _hints(type(section))
+  for f in config_fields(type(section)):
+    spec = f.metadata.get(_SPEC, _PLAIN)
+    if not spec.custom and not dataclasses.is_dataclass(hints[f.name]):
+      if not _known(hints[f.name]):
+        raise TypeError(f'{where}.{f.name}: no generic check for {hints[f.name]}; declare the '
+                        'field fields.field(..., custom=True) and check it in __post_init__')
+      value = getattr(section, f.name)
+      checked = _check(f'{where}.{f.name}', value, hints[f.name], spec)
+      if checked is not value:
+        set_field(section, f.name, checked)
+
+
+_PLAIN = Spec()
+_hints = functools.lru_cache(maxsize=None)(typing.get_type_hints)
+
+
+def _check(where: str, value, hint, spec: Spec):
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin is Union and len(args) == 2 and type(None) in args:  # Optional[X]
+    return None if value is None else _check(where, value, args[args[0] is type(None)], spec)
+  if origin is tuple:
+    variadic = len(args) == 2 and args[1] is Ellipsis
+    if not isinstance(value, (tuple, list)) or not variadic and len(value) != len(args):
+      count = '' if variadic else f'{len(args)} '
+      raise ValueError(f'{where}={value!r} must be a tuple of {count}{_name(args[0])}s')
+    hints = args[:1] * len(value) if variadic else args
+    return tuple(_check(where, v, h, spec) for v, h in zip(value, hints))
+  if origin in (dict, collections.abc.Mapping) or hint is dict:
+    if not isinstance(value, Mapping):
+      raise ValueError(f'{where}={value!r} must be a dict')
+    return dict(value)
+  if hint is int:
+    value = check_int(where, value, spec.minimum, spec.maximum)
+  elif hint is float:
+    value = check_number(where, value, float(spec.minimum), float(spec.maximum),
+                         below_max=spec.below_max, above_min=spec.above_min, finite=spec.finite)
+  elif not isinstance(value, hint):  # bool or str
+    raise ValueError(f'{where}={value!r} must be ' + ('True or False' if hint is bool else
+                                                      'a string'))
+  return value if spec.choices is None else check_choice(where, value, spec.choices)
+
+
+def _known(hint) -> bool:
+  """Whether `_check` handles `hint`: int, float, bool, str, dict, Optional and tuples of them."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin is Union:
+    return len(args) == 2 and type(None) in args and all(map(_known, set(args) - {type(None)}))
+  if origin is tuple:
+    return all(_known(a) for a in args if a is not Ellipsis)
+  return origin in (dict, collections.abc.Mapping) or hint in (int, float, bool, str, dict)
+
+
+def _name(hint) -> str:
+  return {int: 'integer', float: 'number', str: 'string', bool: 'bool'}.get(hint, str(hint))
 
 
 def config_fields(cls) -> Sequence[dataclasses.Field]:
@@ -74,21 +179,25 @@ def from_dict(cls, values: Mapping[str, Any], where: str, **derived_values):
   return cls(**values, **derived_values)
 
 
-def check_int(where: str, value, minimum: int = 0) -> int:
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ValueError(f'{where}={value!r} must be an integer >= {minimum}')
+def check_int(where: str, value, minimum: int = 0, maximum: float = math.inf) -> int:
+  if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
+      or value > maximum):
+    bounds = f'>= {minimum}' if maximum == math.inf else f'in [{minimum}, {maximum}]'
+    raise ValueError(f'{where}={value!r} must be an integer {bounds}')
   return value
 
 
 def check_number(where: str, value, minimum: float = 0.0, maximum: float = math.inf,
-                 below_max: bool = False) -> float:
+                 below_max: bool = False, above_min: bool = False, finite: bool = True) -> float:
   # inf and nan compare as in range (nan as nothing at all) yet poison the run: finite only.
-  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        and minimum <= value and (value < maximum if below_max else value <= maximum))
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+        and (math.isfinite(value) or not finite and not math.isnan(value))
+        and (minimum < value if above_min else minimum <= value)
+        and (value < maximum if below_max else value <= maximum))
   if not ok:
-    bracket = ')' if below_max else ']'
-    raise ValueError(f'{where}={value!r} must be a finite number in [{minimum}, {maximum}'
-                     f'{bracket}')
+    interval = f'{"(" if above_min else "["}{minimum}, {maximum}{")" if below_max else "]"}'
+    raise ValueError(f'{where}={value!r} must be a {"finite " if finite else ""}number in '
+                     f'{interval}')
   return float(value)
 
 

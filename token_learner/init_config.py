@@ -16,10 +16,9 @@ INFLATIONS = ('central_frame', 'average')
 class InitConfig:
   """`config.init_from`: where the initial weights come from ('' = a fresh initialisation)."""
   path: str = ''  # a .npz (vit_jax / big_vision / save_npz) or a workdir / checkpoint folder
-  kind: str = 'vit_npz'  # KINDS
-  inflation: str = 'central_frame'  # image -> video patch kernel (INFLATIONS)
+  kind: str = fields.field('vit_npz', choices=KINDS)
+  inflation: str = fields.field('central_frame', choices=INFLATIONS)  # image -> video kernel
   load_head: bool = False  # False: the head is re-created for the new task
 
   def __post_init__(self):
-    fields.check_choice('config.init_from.kind', self.kind, KINDS)
-    fields.check_choice('config.init_from.inflation', self.inflation, INFLATIONS)
+    fields.validate(self, 'config.init_from')

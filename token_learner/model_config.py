@@ -8,6 +8,7 @@ and its allowed values before anything is traced. The field defaults here are th
 model defaults; `configs/common.py` builds its `config.model` sections from them.
 """
 import dataclasses
+import math
 from typing import Optional, Tuple
 
 from token_learner import fields
@@ -23,7 +24,8 @@ _SIZES = {
 }
 VARIANTS = ('Ti/16', 'S/32', 'S/16', 'B/32', 'B/16', 'L/16', 'L/14', 'L/10', 'L/8', 'H/14',
             'Ti/4', 'Mu/4', 'Mu/2')
-MODELS = ('vit', 'vivit', 'bottleneck')  # bottleneck: §6, token_learner/bottleneck.py
+# Names of registries that need jax (tests/test_config_registries.py holds them equal).
+MODELS = ('vit', 'vivit', 'bottleneck')  # token_learner.models.MODELS
 VERSIONS = ('v1', 'v1.1')
 CLASSIFIERS = ('gap', 'token')
 FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
@@ -31,8 +33,9 @@ FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
-REMATS = ('none', 'full', 'dots')  # token_learner/layer_scan.py
+REMATS = ('none', 'full', 'dots')  # 'none' + token_learner.layer_scan.REMAT_POLICIES
 _TL = 'config.model.tokenlearner'
+field = fields.field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,31 +43,23 @@ class TokenLearnerConfig:
   """`config.model.tokenlearner`: the TokenLearner (§2.1) and its placement (§3.1, Fig. 3)."""
   num_tokens: int = 8  # S, tokens per frame; 0 = no TokenLearner.
   loc: int = 6  # The TokenLearner runs before encoder layer `loc` ("16-TL at 12" -> loc=12).
-  version: str = 'v1'  # 'v1' (conv alpha, sigmoid) or 'v1.1' (MLP alpha, softmax over space).
+  # 'v1' (conv alpha, sigmoid) or 'v1.1' (MLP alpha, softmax over space).
+  version: str = field('v1', choices=VERSIONS)
   fuser: bool = False  # False = Fig. 3(a); True = Fig. 3(b), TokenLearner -> block -> fuser.
   # What maps tokens back to the grid when fuser=True (§3.5.3, Fig. 7): 'tokenfuser' (Eq. 2),
   # 'unpool' (the TokenLearner's own maps), 'reprojection'.
-  fuser_type: str = 'tokenfuser'
-  fuser_mixing: str = 'global'  # token mixing R^{ST}->R^{ST}; 'per_frame': S x S per frame.
-  fuser_mlp_dim: int = 64  # hidden width of the fuser's beta MLP (Eq. 2).
-  pooling: str = 'sum'  # rho of Eq. 1 for the tokens: 'sum' or 'mean' over positions.
-  bottleneck_dim: int = 64  # v1.1 alpha MLP hidden width.
-  dropout_rate: float = 0.0  # v1.1 alpha MLP and fuser dropout.
+  fuser_type: str = field('tokenfuser', choices=FUSER_TYPES)
+  # token mixing R^{ST}->R^{ST}; 'per_frame': S x S per frame.
+  fuser_mixing: str = field('global', choices=FUSER_MIXINGS)
+  fuser_mlp_dim: int = field(64, minimum=1)  # hidden width of the fuser's beta MLP (Eq. 2).
+  pooling: str = field('sum', choices=POOLINGS)  # rho of Eq. 1: 'sum' or 'mean' over positions.
+  bottleneck_dim: int = field(64, minimum=1)  # v1.1 alpha MLP hidden width.
+  dropout_rate: float = field(0.0, maximum=1.0, below_max=True)  # v1.1 alpha MLP, fuser.
 
   def __post_init__(self):
-    fields.check_int(f'{_TL}.num_tokens', self.num_tokens)
-    if self.num_tokens == 0:
-      if self.fuser:
-        raise ValueError(f'{_TL}.fuser=True needs a TokenLearner: set {_TL}.num_tokens > 0')
-      return
-    fields.check_choice(f'{_TL}.version', self.version, VERSIONS)
-    fields.check_choice(f'{_TL}.fuser_type', self.fuser_type, FUSER_TYPES)
-    fields.check_choice(f'{_TL}.fuser_mixing', self.fuser_mixing, FUSER_MIXINGS)
-    fields.check_choice(f'{_TL}.pooling', self.pooling, POOLINGS)
-    fields.check_int(f'{_TL}.bottleneck_dim', self.bottleneck_dim, 1)
-    fields.check_int(f'{_TL}.fuser_mlp_dim', self.fuser_mlp_dim, 1)
-    fields.check_number(f'{_TL}.dropout_rate', self.dropout_rate, 0.0, 1.0, below_max=True)
-    fields.check_int(f'{_TL}.loc', self.loc)
+    fields.validate(self, _TL)
+    if self.num_tokens == 0 and self.fuser:
+      raise ValueError(f'{_TL}.fuser=True needs a TokenLearner: set {_TL}.num_tokens > 0')
 
 
 # §6 bottleneck model: the module that replaces the residual modules' temporal conv in the last
@@ -86,50 +81,34 @@ class BottleneckConfig:
   Defaults are X3D-M (Feichtenhofer 2020, Table 1): stem 24, res2..res5 widths 24/48/96/192,
   depths 3/5/11/7, inner width = round(2.25 x width) (54/108/216/432), conv5 432, head 2048.
   """
-  stem_width: int = 24
-  widths: Tuple[int, ...] = (24, 48, 96, 192)  # output channels of res2..res5
-  depths: Tuple[int, ...] = (3, 5, 11, 7)  # residual modules per stage
-  expansion: float = 2.25  # inverted bottleneck: inner width d = round(expansion * width)
-  conv5_width: int = 432  # 1x1x1 conv after res5
-  head_width: int = 2048  # fc1 after global pooling (no normalisation, as X3D)
-  strides: Tuple[int, ...] = (2, 2, 2, 2, 2)  # spatial strides of the stem, res2..res5
-  temporal_kernel: int = 3  # the 1D temporal conv of each (2+1)D pair
+  stem_width: int = field(24, minimum=1)
+  widths: Tuple[int, int, int, int] = field((24, 48, 96, 192), minimum=1)  # res2..res5 channels
+  depths: Tuple[int, int, int, int] = field((3, 5, 11, 7), minimum=1)  # modules per stage
+  expansion: float = field(2.25, above_min=True)  # inner width d = round(expansion * width)
+  conv5_width: int = field(432, minimum=1)  # 1x1x1 conv after res5
+  head_width: int = field(2048, minimum=1)  # fc1 after global pooling (no normalisation, X3D)
+  strides: Tuple[int, int, int, int, int] = field((2, 2, 2, 2, 2), minimum=1)  # stem, res2..5
+  temporal_kernel: int = field(3, minimum=1)  # the 1D temporal conv of each (2+1)D pair
   stem_temporal_kernel: int = 5  # X3D's 5x1x1 channel-wise stem conv
   # GroupNorm groups: gcd(channels, norm_groups) per layer; 0: LayerNorm over each position's
   # channels (no statistics over space-time: better for small sparse inputs, moving_digits).
   norm_groups: int = 8
-  module: str = 'conv2d_tokenlearner'  # BOTTLENECK_MODULES; replaces the res5 (2+1)D pair
-  module_stages: Tuple[int, ...] = (3,)  # stages (0 = res2 .. 3 = res5) that use `module`
-  num_tokens: int = 8  # S tokens per frame (TokenLearner and the §6.3.3 tokenizers)
-  tl_conv_layers: int = 1  # convolutions in the TokenLearner's alpha (one conv2d, §6.1)
-  transformer: str = 'vector'  # 'vector' (Appendix A, Eq. 3) or 'mhsa' (Table 14)
-  num_heads: int = 8  # MHSA heads (joint / spatial / temporal modules, transformer='mhsa')
+  module: str = field('conv2d_tokenlearner', choices=BOTTLENECK_MODULES)  # replaces the pair
+  module_stages: Tuple[int, ...] = field((3,), choices=(0, 1, 2, 3))  # 0 = res2 .. 3 = res5
+  num_tokens: int = field(8, minimum=1)  # S tokens per frame (TokenLearner, §6.3.3 tokenizers)
+  tl_conv_layers: int = field(1, minimum=1)  # convs in the TokenLearner's alpha (1 conv2d, §6.1)
+  # 'vector' (Appendix A, Eq. 3) or 'mhsa' (Table 14)
+  transformer: str = field('vector', choices=BOTTLENECK_TRANSFORMERS)
+  # MHSA heads (joint / spatial / temporal modules, transformer='mhsa')
+  num_heads: int = field(8, minimum=1)
   query_chunk: int = 0  # Vector Transformer: queries per chunk (0 = all at once)
-  fuser_mlp_dim: int = 64  # TokenFuser beta MLP width
+  fuser_mlp_dim: int = field(64, minimum=1)  # TokenFuser beta MLP width
   mixer_dim: int = 0  # MLP-Mixer channel MLP width (0 = the inner width d)
   mhsa_dim: int = 0  # qkv width of the MHSA layers (0 = the inner width d)
-  head_dropout: float = 0.5  # dropout before the classifier (X3D)
+  head_dropout: float = field(0.5, maximum=1.0, below_max=True)  # before the classifier (X3D)
 
   def __post_init__(self):
-    for f in ('widths', 'depths', 'strides', 'module_stages'):
-      fields.set_field(self, f, tuple(getattr(self, f)))
-    for f in ('stem_width', 'conv5_width', 'head_width', 'temporal_kernel',
-              'num_tokens', 'tl_conv_layers', 'num_heads', 'fuser_mlp_dim'):
-      fields.check_int(f'{_BN}.{f}', getattr(self, f), 1)
-    for f in ('query_chunk', 'mixer_dim', 'mhsa_dim', 'stem_temporal_kernel', 'norm_groups'):
-      fields.check_int(f'{_BN}.{f}', getattr(self, f), 0)
-    if len(self.widths) != 4 or len(self.depths) != 4 or len(self.strides) != 5:
-      raise ValueError(f'{_BN}: widths and depths need 4 entries (res2..res5), strides 5 '
-                       f'(stem, res2..res5); got {self.widths}, {self.depths}, {self.strides}')
-    for f in ('widths', 'depths', 'strides'):
-      for v in getattr(self, f):
-        fields.check_int(f'{_BN}.{f}', v, 1)
-    for s in self.module_stages:
-      fields.check_choice(f'{_BN}.module_stages', s, (0, 1, 2, 3))
-    fields.check_number(f'{_BN}.expansion', self.expansion, 1e-6)
-    fields.check_number(f'{_BN}.head_dropout', self.head_dropout, 0.0, 1.0, below_max=True)
-    fields.check_choice(f'{_BN}.module', self.module, BOTTLENECK_MODULES)
-    fields.check_choice(f'{_BN}.transformer', self.transformer, BOTTLENECK_TRANSFORMERS)
+    fields.validate(self, _BN)
     uses_mhsa = any(k in self.module for k in ('mhsa', 'spatial', 'temporal')) or (
         self.module in BOTTLENECK_TOKENIZERS and self.transformer == 'mhsa')
     for s in self.module_stages:
@@ -150,31 +129,37 @@ class BottleneckConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """`config.model`, plus the input geometry of `config.dataset` (set by the boundary)."""
-  name: str = 'vit'  # 'vit' (images, [B, H, W, 3]) or 'vivit' (video, [B, T, H, W, 3]).
-  variant: str = 'B/16'  # ViT size/patch (VARIANTS).
-  num_classes: int = 1000  # size of the classification head.
-  num_layers: Optional[int] = None  # None: the variant's depth.
-  classifier: str = 'gap'  # 'gap' or 'token' (CLS, carried past a TokenLearner; not with pooling).
-  representation_size: Optional[int] = None  # pre-logits width; None: no pre-logits.
-  head_bias_init: float = 0.0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0  # drop-path rate of the last layer, linear in depth from 0.
-  tubelet_size: int = 2  # temporal extent t of a ViViT tubelet (t x p x p); unused by 'vit'.
-  dtype: str = 'float32'  # compute dtype ('bfloat16' for mixed precision); params stay float32.
+  # 'vit' (images, [B, H, W, 3]), 'vivit' (video, [B, T, H, W, 3]) or 'bottleneck' (§6).
+  name: str = field('vit', choices=MODELS)
+  variant: str = 'B/16'  # ViT size/patch (VARIANTS; not used by name='bottleneck').
+  # Size of the classification head: the one owner of the class count (the data and trainer
+  # sections receive it; the trainer checks it against the dataset's).
+  num_classes: int = field(1000, minimum=1)
+  num_layers: Optional[int] = field(None, minimum=1)  # None: the variant's depth.
+  # 'gap' or 'token' (CLS, carried past a TokenLearner; not with pooling).
+  classifier: str = field('gap', choices=CLASSIFIERS)
+  representation_size: Optional[int] = field(None, minimum=1)  # pre-logits width; None: none.
+  head_bias_init: float = field(0.0, minimum=-math.inf)
+  dropout_rate: float = field(0.0, maximum=1.0, below_max=True)
+  attention_dropout_rate: float = field(0.0, maximum=1.0, below_max=True)
+  # drop-path rate of the last layer, linear in depth from 0.
+  stochastic_depth: float = field(0.0, maximum=1.0, below_max=True)
+  tubelet_size: int = field(2, minimum=1)  # temporal extent t of a ViViT tubelet (t x p x p).
+  # compute dtype ('bfloat16' for mixed precision); params stay float32.
+  dtype: str = field('float32', choices=DTYPES)
   # Attention of the encoder blocks: None = `float32_attention` (einsums; attention dropout);
   # 'xla' / 'cudnn' = jax.nn.dot_product_attention ('cudnn': GPU, bfloat16/float16 dtype).
   # Logits and softmax are float32 in all three; the parameters are the same.
-  attention_implementation: Optional[str] = None
+  attention_implementation: Optional[str] = field(None, choices=ATTENTION_IMPLEMENTATIONS)
   fused_qkv: bool = False  # q, k, v as one [C, 3C] matmul (same parameters, concatenated).
   # Encoder blocks under nn.scan, one scan per segment of layers between TokenLearners: fast
   # compiles of deep models; parameters stacked as Transformer/encoderblock_scan_{k} (layer axis
   # first, token_learner/layer_scan.py). Not with fuser=True or spatial_pooling.
   scan_layers: bool = False
-  remat: str = 'none'  # rematerialisation of each encoder block: 'none', 'full' or 'dots'.
+  remat: str = field('none', choices=REMATS)  # of each encoder block: 'none', 'full', 'dots'.
   # Baseline of §3.5.2 / Table 6: k x k average pooling of the token grid before given layers,
   # as (layer, k) pairs, e.g. ((9, 2), (18, 2)). Not combinable with a TokenLearner.
-  spatial_pooling: Tuple[Tuple[int, int], ...] = ()
+  spatial_pooling: Tuple[Tuple[int, int], ...] = field((), custom=True)
   tokenlearner: TokenLearnerConfig = TokenLearnerConfig()
   # name='bottleneck' only (§6): X(2+1)D-M + TokenLearner bottleneck, see BottleneckConfig.
   bottleneck: BottleneckConfig = BottleneckConfig()
@@ -192,28 +177,18 @@ class ModelConfig:
                             image_size=image_size, num_frames=num_frames)
 
   def __post_init__(self):
-    fields.check_choice('config.model.name', self.name, MODELS)
-    if self.name != 'bottleneck':  # The bottleneck model has no ViT variant.
-      fields.check_choice('config.model.variant', self.variant, VARIANTS)
     if isinstance(self.tokenlearner, dict):
       fields.set_field(self, 'tokenlearner',
                        fields.from_dict(TokenLearnerConfig, self.tokenlearner, _TL))
     if isinstance(self.bottleneck, dict):
       fields.set_field(self, 'bottleneck', fields.from_dict(BottleneckConfig, self.bottleneck, _BN))
+    fields.validate(self, 'config.model')
+    if self.name != 'bottleneck':  # The bottleneck model has no ViT variant.
+      fields.check_choice('config.model.variant', self.variant, VARIANTS)
     if self.num_layers is None:
       fields.set_field(self, 'num_layers', sum(self.bottleneck.depths) if self.name ==
                        'bottleneck' else _SIZES[self.variant.split('/')[0]][1])
-    fields.check_int('config.model.num_layers', self.num_layers, 1)
-    fields.check_int('config.model.num_classes', self.num_classes, 1)
-    fields.check_choice('config.model.classifier', self.classifier, CLASSIFIERS)
-    fields.check_choice('config.model.dtype', self.dtype, DTYPES)
     self._check_attention()
-    for rate in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth'):
-      fields.check_number(f'config.model.{rate}', getattr(self, rate), 0.0, 1.0, below_max=True)
-    fields.check_number('config.model.head_bias_init', self.head_bias_init, -float('inf'))
-    if self.representation_size is not None:
-      fields.check_int('config.model.representation_size', self.representation_size, 1)
-    fields.check_int('config.model.tubelet_size', self.tubelet_size, 1)
     self._check_layer_scan()
     if self.name == 'bottleneck':  # config.model.tokenlearner is not used by this model.
       self._check_bottleneck_geometry()
@@ -223,9 +198,6 @@ class ModelConfig:
     self._check_spatial_pooling()
 
   def _check_layer_scan(self):
-    if not isinstance(self.scan_layers, bool):
-      raise ValueError(f'config.model.scan_layers={self.scan_layers!r} must be True or False')
-    fields.check_choice('config.model.remat', self.remat, REMATS)
     if self.name == 'bottleneck' and (self.scan_layers or self.remat != 'none'):
       raise ValueError("config.model.scan_layers and config.model.remat apply to the ViT / ViViT "
                        "encoder, not to name='bottleneck'; leave them False and 'none'")
@@ -259,9 +231,6 @@ class ModelConfig:
   def _check_attention(self):
     where = 'config.model.attention_implementation'
     impl = self.attention_implementation
-    fields.check_choice(where, impl, ATTENTION_IMPLEMENTATIONS)
-    if not isinstance(self.fused_qkv, bool):
-      raise ValueError(f'config.model.fused_qkv={self.fused_qkv!r} must be True or False')
     if impl is not None and self.attention_dropout_rate > 0:
       raise ValueError(f'{where}={impl!r} has no attention dropout: use None with '
                        f'config.model.attention_dropout_rate={self.attention_dropout_rate}')

@@ -28,17 +28,13 @@ class _EvalFields:
   every_steps: int = 0  # 0: only at the end of training
   split: Optional[str] = None  # None: config.dataset.eval_split
   # Further overrides of config.dataset for this evaluator (name, data_dir, eval_clips, ...).
-  dataset: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  dataset: Dict[str, Any] = fields.field({})
   path: str = fields.derived('config.evals.eval')  # the section's name in errors
 
   def __post_init__(self):
-    fields.check_int(f'{self.path}.every_steps', self.every_steps)
-    if self.split is not None and (not isinstance(self.split, str) or not self.split):
+    fields.validate(self, self.path)
+    if self.split == '':
       raise ValueError(f'{self.path}.split={self.split!r} must be a split name or None')
-    if not isinstance(self.dataset, Mapping):
-      raise ValueError(f'{self.path}.dataset={self.dataset!r} must be a dict of '
-                       'config.dataset fields')
-    fields.set_field(self, 'dataset', dict(self.dataset))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +43,7 @@ class ClassificationEval(_EvalFields):
   `mean_per_class_accuracy` when config.mean_per_class_accuracy, ReaL accuracy when the
   batches carry real labels; videos through all their eval views (`config.eval_average`)."""
   kind: str = 'classification'
-  batch_size: Optional[int] = None  # global; None: config.eval_batch_size
-
-  def __post_init__(self):
-    super().__post_init__()
-    if self.batch_size is not None:
-      fields.check_int(f'{self.path}.batch_size', self.batch_size, 1)
+  batch_size: Optional[int] = fields.field(None, minimum=1)  # global; None: eval_batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,23 +51,16 @@ class FewShotEval(_EvalFields):
   """Few-shot linear accuracy of the frozen pre-logit features (§3.3, Fig. 4): `shots` examples
   per class of `train_split`, tested on `split`, averaged over `seeds` draws."""
   kind: str = 'fewshot'
-  shots: Tuple[int, ...] = (1, 5, 10, 25)
-  seeds: int = 3
+  shots: Tuple[int, ...] = fields.field((1, 5, 10, 25), minimum=1)
+  seeds: int = fields.field(3, minimum=1)
   l2_reg: float = 1024.0  # 2 ** 10, the ViT few-shot evaluator's default penalty
   train_split: Optional[str] = None  # where the shots come from; None: the dataset's train split
-  batch_size: int = 256  # feature extraction, global
+  batch_size: int = fields.field(256, minimum=1)  # feature extraction, global
 
   def __post_init__(self):
     super().__post_init__()
-    shots = tuple(self.shots) if isinstance(self.shots, (tuple, list)) else ()
-    if not shots:
+    if not self.shots:
       raise ValueError(f'{self.path}.shots must list at least one shot count')
-    for s in shots:
-      fields.check_int(f'{self.path}.shots', s, 1)
-    fields.set_field(self, 'shots', shots)
-    fields.check_int(f'{self.path}.seeds', self.seeds, 1)
-    fields.check_number(f'{self.path}.l2_reg', self.l2_reg)
-    fields.check_int(f'{self.path}.batch_size', self.batch_size, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +68,7 @@ class AttentionMapsEval(_EvalFields):
   """The TokenLearner maps of the first `num_examples` examples of the split as TensorBoard
   images, and the token diagnostics as scalars (Fig. 10, §6.4)."""
   kind: str = 'attention_maps'
-  num_examples: int = 4
-
-  def __post_init__(self):
-    super().__post_init__()
-    fields.check_int(f'{self.path}.num_examples', self.num_examples, 1)
+  num_examples: int = fields.field(4, minimum=1)
 
 
 EvalConfig = Union[ClassificationEval, FewShotEval, AttentionMapsEval]

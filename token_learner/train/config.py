@@ -12,89 +12,70 @@ from typing import Any, Optional, Tuple
 
 from token_learner import fields
 
-OPTIMIZERS = ('adamw', 'adam', 'momentum', 'sgd')
-LR_SCHEDULES = ('cosine', 'linear')
-LOSSES = ('softmax_xent', 'sigmoid_xent')
+# Names of the registries that need jax (tests/test_config_registries.py holds them equal).
+OPTIMIZERS = ('adamw', 'adam', 'momentum', 'sgd')  # token_learner.train.optim.OPTIMIZERS
+LR_SCHEDULES = ('cosine', 'linear')  # token_learner.train.optim.DECAYS
+LOSSES = ('softmax_xent', 'sigmoid_xent')  # token_learner.train.losses.LOSSES
 MULTI_LABEL_LOSSES = ('sigmoid_xent',)
-VIEW_AVERAGES = ('logits', 'probs')
+VIEW_AVERAGES = ('logits', 'probs')  # token_learner.train.losses.average_views
 SHARDINGS = ('replicated', 'fsdp', 'tp', 'fsdp_tp')  # token_learner.train.sharding.RULE_SETS
 MESH_AXES = ('data', 'model')
+# Device mesh (data, model) sizes; -1: the rest. Also `sharding.create_mesh`'s default.
+MESH_SHAPE = (-1, 1)
+field = fields.field
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Validated trainer settings; `num_classes` comes from the model section."""
   seed: int = 0
-  batch_size: int = 512  # global, over all devices and processes
-  eval_batch_size: int = 512  # global; config.evals.<name>.batch_size overrides it
-  num_train_steps: Optional[int] = None  # None: from num_epochs and the dataset size
-  num_epochs: Optional[float] = None
-  optimizer: str = 'adamw'  # OPTIMIZERS
-  momentum: float = 0.9  # of 'momentum'
+  batch_size: int = field(512, minimum=1)  # global, over all devices and processes
+  eval_batch_size: int = field(512, minimum=1)  # global; config.evals.<name>.batch_size overrides
+  num_train_steps: Optional[int] = field(None, minimum=1)  # None: from num_epochs, dataset size
+  num_epochs: Optional[float] = field(None, above_min=True)
+  optimizer: str = field('adamw', choices=OPTIMIZERS)
+  momentum: float = field(0.9, maximum=1.0)  # of 'momentum'
   learning_rate: float = 1e-3
-  lr_schedule: str = 'cosine'  # 'cosine' | 'linear' decay after linear warmup
+  lr_schedule: str = field('cosine', choices=LR_SCHEDULES)  # decay after linear warmup
   warmup_steps: int = 0
   weight_decay: float = 0.0  # decoupled for adamw, L2 otherwise; see weight_decay_regex
   # Parameters (paths joined by '/') that weight decay applies to: kernels only (big_vision's
   # convention: no decay on biases, LayerNorm scales, position embeddings or the CLS token).
   weight_decay_regex: str = r'(^|/)kernel$'
   grad_clip_norm: float = 0.0  # 0: no clipping
-  label_smoothing: float = 0.0
+  label_smoothing: float = field(0.0, maximum=1.0)
   mixup_alpha: float = 0.0  # 0: no mixup
-  grad_accum_steps: int = 1
-  loss: str = 'softmax_xent'  # 'softmax_xent' | 'sigmoid_xent' (multi-label, mAP)
-  eval_average: str = 'logits'  # how a video's eval views are merged: 'logits' | 'probs'
+  grad_accum_steps: int = field(1, minimum=1)
+  loss: str = field('softmax_xent', choices=LOSSES)  # 'sigmoid_xent': multi-label, mAP
+  eval_average: str = field('logits', choices=VIEW_AVERAGES)  # how a video's eval views merge
   # Single-label data: also report the mean of the per-class top-1 accuracies (AViD, Table 11).
   mean_per_class_accuracy: bool = False
-  log_every_steps: int = 50
+  log_every_steps: int = field(50, minimum=1)
   checkpoint_every_steps: int = 0  # 0: only at the end
-  keep_checkpoints: int = 3
+  keep_checkpoints: int = field(3, minimum=1)
   profile_steps: int = 0
   # Device mesh (data, model) sizes; -1: the rest. Batches are split over 'data' only.
-  mesh_shape: Tuple[int, int] = (-1, 1)
+  mesh_shape: Tuple[int, int] = field(MESH_SHAPE, custom=True)
   # Named rule set (SHARDINGS): 'replicated' (data parallel), 'fsdp' (big parameters and their
   # optimizer state over 'data'), 'tp' (Megatron tensor parallel over 'model') or 'fsdp_tp'.
-  sharding: str = 'replicated'
+  sharding: str = field('replicated', choices=SHARDINGS)
   # (regex on the parameter path, PartitionSpec as a tuple) pairs, tried before the set's rules;
   # the first match wins.
-  sharding_rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
-  num_classes: int = fields.derived(1)
+  sharding_rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = field((), custom=True)
+  num_classes: int = fields.derived(1)  # config.model.num_classes (validated there)
 
   def __post_init__(self):
-    fields.check_int('config.seed', self.seed)
-    fields.check_int('config.batch_size', self.batch_size, 1)
-    fields.check_int('config.eval_batch_size', self.eval_batch_size, 1)
-    if self.num_train_steps is not None:
-      fields.check_int('config.num_train_steps', self.num_train_steps, 1)
-    elif self.num_epochs is not None:
-      fields.check_number('config.num_epochs', self.num_epochs, 1e-9)
-    else:
+    fields.validate(self, 'config')
+    if self.num_train_steps is None and self.num_epochs is None:
       raise ValueError('config.num_train_steps or config.num_epochs must be set')
-    fields.check_choice('config.optimizer', self.optimizer, OPTIMIZERS)
-    fields.check_number('config.momentum', self.momentum, 0.0, 1.0)
-    fields.check_number('config.learning_rate', self.learning_rate)
-    fields.check_choice('config.lr_schedule', self.lr_schedule, LR_SCHEDULES)
-    fields.check_int('config.warmup_steps', self.warmup_steps)
-    for name in ('weight_decay', 'grad_clip_norm', 'mixup_alpha'):
-      fields.check_number(f'config.{name}', getattr(self, name))
-    fields.check_number('config.label_smoothing', self.label_smoothing, 0.0, 1.0)
-    fields.check_int('config.grad_accum_steps', self.grad_accum_steps, 1)
-    fields.check_choice('config.loss', self.loss, LOSSES)
-    fields.check_choice('config.eval_average', self.eval_average, VIEW_AVERAGES)
     try:
       re.compile(self.weight_decay_regex)
-    except (re.error, TypeError) as e:
+    except re.error as e:
       raise ValueError(f'config.weight_decay_regex={self.weight_decay_regex!r}: {e}') from None
     if self.mean_per_class_accuracy and self.multi_label:
       raise ValueError('config.mean_per_class_accuracy needs single-label data, not '
                        f'config.loss={self.loss!r}')
-    fields.check_int('config.log_every_steps', self.log_every_steps, 1)
-    for name in ('checkpoint_every_steps', 'profile_steps'):
-      fields.check_int(f'config.{name}', getattr(self, name))
-    fields.check_int('config.keep_checkpoints', self.keep_checkpoints, 1)
-    fields.check_int('config.num_classes', self.num_classes, 1)
     fields.set_field(self, 'mesh_shape', _mesh_shape(self.mesh_shape))
-    fields.check_choice('config.sharding', self.sharding, SHARDINGS)
     fields.set_field(self, 'sharding_rules', _sharding_rules(self.sharding_rules))
 
   @property

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from token_learner import tree
+from token_learner.train import config as train_config
 
 P = jax.sharding.PartitionSpec
 NamedSharding = jax.sharding.NamedSharding
@@ -37,7 +38,7 @@ class TrainState:
   opt_state: Any
 
 
-AXES = ('data', 'model')
+AXES = train_config.MESH_AXES  # ('data', 'model')
 FSDP_MIN_SIZE = 2 ** 12  # Elements: matrices are sharded, biases and LayerNorm scales are not.
 # Megatron-LM (Shoeybi et al. 2019) over 'model': q/k/v kernels [C, heads, head_dim] split by
 # heads (column parallel), the output kernel [heads, head_dim, C] by heads (row parallel); the
@@ -54,7 +55,8 @@ _TP_BLOCK_RULES = (
 # Scanned blocks (config.model.scan_layers) stack the same parameters with a leading layer axis.
 TP_RULES = tuple((r'encoderblock_scan_\d+/.*' + pattern, (None, *spec))
                  for pattern, spec in _TP_BLOCK_RULES) + _TP_BLOCK_RULES
-# config.sharding -> (rules after config.sharding_rules, FSDP over 'data').
+# config.sharding (train_config.SHARDINGS) -> (rules after config.sharding_rules, FSDP over
+# 'data').
 RULE_SETS = {'replicated': ((), False), 'fsdp': ((), True), 'tp': (TP_RULES, False),
              'fsdp_tp': (TP_RULES, True)}
 
@@ -83,7 +85,7 @@ def mesh_axis_sizes(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int, i
 
 
 def create_mesh(devices: Optional[Sequence[jax.Device]] = None,
-                mesh_shape: Sequence[int] = (-1, 1)) -> jax.sharding.Mesh:
+                mesh_shape: Sequence[int] = train_config.MESH_SHAPE) -> jax.sharding.Mesh:
   """A ('data', 'model') mesh of `mesh_shape` over `devices` (default: all devices of all
   processes). Devices are taken in order, so a 'model' group is consecutive devices: one host's
   when 'model' divides the local device count (tensor parallelism talks the most)."""
