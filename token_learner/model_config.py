@@ -30,7 +30,8 @@ FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
 DTYPES = ('float32', 'bfloat16', 'float16')
-ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+# token_learner.vit.IMPLEMENTATIONS; None: 'einsum' (its name in configs stored before 'auto').
+ATTENTION_IMPLEMENTATIONS = ('auto', 'einsum', 'xla', 'cudnn', 'pallas', None)
 REMATS = ('none', 'full', 'dots')  # token_learner/layer_scan.py
 _TL = 'config.model.tokenlearner'
 
@@ -161,11 +162,16 @@ class ModelConfig:
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0  # drop-path rate of the last layer, linear in depth from 0.
   tubelet_size: int = 2  # temporal extent t of a ViViT tubelet (t x p x p); unused by 'vit'.
-  dtype: str = 'float32'  # compute dtype ('bfloat16' for mixed precision); params stay float32.
-  # Attention of the encoder blocks: None = `float32_attention` (einsums; attention dropout);
-  # 'xla' / 'cudnn' = jax.nn.dot_product_attention ('cudnn': GPU, bfloat16/float16 dtype).
-  # Logits and softmax are float32 in all three; the parameters are the same.
-  attention_implementation: Optional[str] = None
+  # Compute dtype of the activations ('bfloat16': the paper configs); parameters, optimizer
+  # state, logits, attention softmax statistics and losses stay float32 whatever it is.
+  dtype: str = 'float32'
+  # Attention of the encoder blocks (token_learner.vit.attention): 'auto' picks per backend
+  # (vit.resolve_attention: cuDNN flash on GPU in half precision, the Pallas flash kernel on TPU
+  # for >= 1024 tokens, 'xla' / 'einsum' on CPU); 'einsum' (None: the same) = two einsums, the
+  # only one with attention dropout; 'xla' / 'cudnn' = jax.nn.dot_product_attention ('cudnn':
+  # GPU, bfloat16/float16); 'pallas' = TPU flash kernel. q/k/v stay in `dtype`, logits and
+  # softmax statistics are float32 in all of them; the parameters are the same.
+  attention_implementation: Optional[str] = 'auto'
   fused_qkv: bool = False  # q, k, v as one [C, 3C] matmul (same parameters, concatenated).
   # Encoder blocks under nn.scan, one scan per segment of layers between TokenLearners: fast
   # compiles of deep models; parameters stacked as Transformer/encoderblock_scan_{k} (layer axis
@@ -262,8 +268,8 @@ class ModelConfig:
     fields.check_choice(where, impl, ATTENTION_IMPLEMENTATIONS)
     if not isinstance(self.fused_qkv, bool):
       raise ValueError(f'config.model.fused_qkv={self.fused_qkv!r} must be True or False')
-    if impl is not None and self.attention_dropout_rate > 0:
-      raise ValueError(f'{where}={impl!r} has no attention dropout: use None with '
+    if impl not in (None, 'einsum', 'auto') and self.attention_dropout_rate > 0:
+      raise ValueError(f"{where}={impl!r} has no attention dropout: use 'auto' or 'einsum' with "
                        f'config.model.attention_dropout_rate={self.attention_dropout_rate}')
     if impl == 'cudnn' and self.dtype == 'float32':
       raise ValueError(f"{where}='cudnn' needs config.model.dtype 'bfloat16' or 'float16', got "
