@@ -5,6 +5,8 @@ r"""Compile time and compiled memory of the real train step for large models (no
   python -m benchmarks.scale --part=memory --frames=32 --video_batch=8
   XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
     python -m benchmarks.scale --sharding=fsdp --num_devices=8   # per-device memory
+  python -m benchmarks.scale --part=attention --attention_rows=einsum/float32/unrolled/none,\
+    auto/bfloat16/unrolled/none,xla/bfloat16/unrolled/none,auto/bfloat16/scan/full
   python -m benchmarks.scale --variant=Mu/4 --depth=2 --loc=1 --image_size=32 --frames=2 \
     --batch=2 --video_batch=2 --layouts=unrolled/none,scan/full   # a smoke run
 
@@ -19,6 +21,12 @@ temp + argument + output bytes, per device; the donated state's output aliases i
 Part 'memory' (§5.2, Fig. 9): ViViT-L/16 with and without TokenLearner (16 tokens before layer
 12) at frames x 224 x 224, the train step of configs/kinetics400_tokenlearner.py, compiled
 peak memory of both and their ratio.
+
+Part 'attention' (issue 18): the ViViT-L/16 + 16-TL at 12 train step of the 'memory' part (its
+batch, frames and size) under the precision policy and attention levers, one row per
+`--attention_rows` entry `implementation/dtype/layout/remat` (e.g. auto/bfloat16/scan/full).
+On the CPU 'auto' trains with 'einsum'; 'cudnn' and 'pallas' (the flash kernels) only compile on
+a GPU / TPU backend, where a row names them.
 
 Parameters and state are abstract (`jax.eval_shape`), so nothing of the model's size is
 allocated; compile times depend on the machine and on what else runs on it.
@@ -36,7 +44,8 @@ from configs import kinetics400_tokenlearner
 from token_learner import experiment
 from token_learner.train import setup
 
-_PART = flags.DEFINE_enum('part', 'all', ['all', 'compile', 'memory'], 'What to measure.')
+_PART = flags.DEFINE_enum('part', 'all', ['all', 'compile', 'memory', 'attention'],
+                          "What to measure ('all': compile and memory).")
 _BATCH = flags.DEFINE_integer('batch', 8, "Global batch of the 'compile' part.")
 _LAYOUTS = flags.DEFINE_list('layouts', 'unrolled/none,scan/none,scan/full,scan/dots,'
                              'unrolled/full,unrolled/dots',
@@ -45,6 +54,10 @@ _FRAMES = flags.DEFINE_integer('frames', 32, "Frames of the 'memory' part's clip
 _VIDEO_BATCH = flags.DEFINE_integer('video_batch', 8, "Global batch of the 'memory' part.")
 _VIDEO_SCAN = flags.DEFINE_bool('video_scan', False, "'memory' part: config.model.scan_layers "
                                 '(False: the default layout).')
+_ATTENTION_ROWS = flags.DEFINE_list(
+    'attention_rows', 'einsum/float32/unrolled/none,auto/bfloat16/unrolled/none,'
+    'xla/bfloat16/unrolled/none,auto/bfloat16/scan/full,auto/bfloat16/scan/dots',
+    "'attention' part: implementation/dtype/layout/remat rows, in this order.")
 _VARIANT = flags.DEFINE_string('variant', 'L/16', 'Model variant of both parts.')
 _DEPTH = flags.DEFINE_integer('depth', 0, "Layers (0: the paper's, 35 = 24+11 for 'compile', "
                               "the variant's for 'memory').")
@@ -151,12 +164,48 @@ def memory_part():
         f'output), {peaks[16][1] / peaks[0][1]:.3f} (temp alone: activations and gradients)')
 
 
+def _video_config(tokens, **overrides):
+  """configs/kinetics400_tokenlearner.py with the 'memory' part's flags and `overrides`."""
+  config = kinetics400_tokenlearner.get_config()
+  flat = {
+      'model.variant': _VARIANT.value, 'model.tokenlearner.num_tokens': tokens,
+      'model.tokenlearner.loc': _LOC.value, 'dataset.num_frames': _FRAMES.value,
+      'dataset.image_size': _IMAGE_SIZE.value, 'batch_size': _VIDEO_BATCH.value,
+      'eval_batch_size': _VIDEO_BATCH.value, **overrides}
+  if _DEPTH.value:
+    flat['model.num_layers'] = _DEPTH.value
+  config.update_from_flattened_dict(flat)
+  return config
+
+
+def attention_part():
+  print(f'ViViT-{_VARIANT.value} + 16-TL at {_LOC.value}, {_FRAMES.value} frames x '
+        f'{_IMAGE_SIZE.value}px, batch {_VIDEO_BATCH.value}, train step of '
+        f'configs/kinetics400_tokenlearner.py, backend {jax.default_backend()}, {_topology()}',
+        flush=True)
+  base = None
+  for entry in _ATTENTION_ROWS.value:
+    impl, dtype, layout, remat = entry.split('/')
+    config = _video_config(16, **{'model.attention_implementation': impl, 'model.dtype': dtype,
+                                  'model.scan_layers': layout == 'scan', 'model.remat': remat})
+    try:
+      times, mem = compile_train_step(config)
+    except Exception as e:  # pylint: disable=broad-except  # e.g. a GPU / TPU kernel on the CPU.
+      print(f'  {entry:28}: does not compile on {jax.default_backend()}: '
+            f'{str(e).splitlines()[0][:160]}', flush=True)
+      continue
+    base = base or peak(mem)
+    print(f'  {entry:28}: {times}, {describe(mem)} ({peak(mem) / base:.3f}x)', flush=True)
+
+
 def main(argv):
   del argv
   if _PART.value in ('all', 'compile'):
     compile_part()
   if _PART.value in ('all', 'memory'):
     memory_part()
+  if _PART.value == 'attention':
+    attention_part()
 
 
 if __name__ == '__main__':

@@ -35,8 +35,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('only', ['jax', 'torch', 'compile'], 'Frameworks: jax, torch (eager), compile.')
 flags.DEFINE_list('models', ['vit', 'tl'], 'vit and/or tl (TokenLearner before --loc).')
 flags.DEFINE_list('modes', ['forward', 'train'], 'forward and/or train (fwd+bwd+AdamW).')
-flags.DEFINE_list('jax_variants', ['base'], "JAX contenders: '+'-joined levers of {base, fused "
-                  "(fused QKV), xla, cudnn (attention_implementation)}, e.g. base,fused+xla.")
+flags.DEFINE_list('jax_variants', ['base'], "JAX contenders: '+'-joined levers of {base "
+                  "(attention_implementation='einsum'), fused (fused QKV), xla, cudnn, auto "
+                  "(attention_implementation)}, e.g. base,fused+xla.")
 flags.DEFINE_integer('steps', 5, 'Timed rounds (after one warm-up call each).')
 flags.DEFINE_integer('batch', 8, 'Batch size.')
 flags.DEFINE_string('variant', 'B/16', 'ViT variant.')
@@ -57,7 +58,8 @@ flags.DEFINE_float('peak_tflops', 0.0, 'Nominal peak TFLOP/s of the device (0: o
 
 def experiment_of(name, levers=()):
   """The experiment of one JAX contender: these flags as a config dict (validated, nothing read)."""
-  impl = 'cudnn' if 'cudnn' in levers else 'xla' if 'xla' in levers else None
+  impl = ('cudnn' if 'cudnn' in levers else 'xla' if 'xla' in levers else
+          'auto' if 'auto' in levers else 'einsum')
   return experiment.from_config({
       'batch_size': FLAGS.batch, 'eval_batch_size': FLAGS.batch, 'num_train_steps': 1000,
       'optimizer': 'adamw', 'learning_rate': 1e-4, 'weight_decay': 0.05, 'warmup_steps': 10,

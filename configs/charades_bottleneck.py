@@ -31,7 +31,11 @@ from configs import common
 
 
 def get_config():
-  model = common.model_config(name='bottleneck', num_classes=157, classifier='gap')
+  # Mixed precision (the precision policy, token_learner/model_config.py): bfloat16 activations,
+  # float32 parameters, optimizer state, logits and losses; the paper does not state its
+  # precision, bfloat16 is the accelerators' training dtype.
+  model = common.model_config(name='bottleneck', num_classes=157, classifier='gap',
+                              dtype='bfloat16')
   model.bottleneck.module = 'conv2d_tokenlearner'
   model.bottleneck.num_tokens = 8
   model.bottleneck.transformer = 'vector'

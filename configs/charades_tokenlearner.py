@@ -37,9 +37,12 @@ def get_config():
       log_every_steps=100, evals={'eval': common.eval_config(every_steps=5_000)}, checkpoint_every_steps=1_000,
       keep_checkpoints=3,
       eval_average='probs',  # sigmoid probabilities of the segments, averaged per video
+      # Mixed precision (the precision policy, token_learner/model_config.py): bfloat16 activations,
+      # float32 parameters, optimizer state, logits and losses. The paper does not state its
+      # precision; bfloat16 is how ViT / ViViT models are trained on TPUs (and GPUs).
       model=common.model_config(name='vivit', variant='B/16', num_classes=157, num_tokens=8,
                                 loc=6, version='v1', fuser=True, tubelet_size=2,
-                                stochastic_depth=0.1),
+                                stochastic_depth=0.1, dtype='bfloat16'),
       dataset=common.dataset_config(
           'charades', multi_label=True,
           file_pattern_train='/path/to/charades/train-*.tfrecord',

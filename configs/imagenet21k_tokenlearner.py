@@ -37,9 +37,12 @@ def get_config():
       optimizer='adamw', learning_rate=1e-3, lr_schedule='linear', warmup_steps=10_000,
       weight_decay=0.03, grad_clip_norm=1.0, log_every_steps=100, evals={'eval': common.eval_config(every_steps=10_000)},
       checkpoint_every_steps=2_000,
+      # Mixed precision (the precision policy, token_learner/model_config.py): bfloat16 activations,
+      # float32 parameters, optimizer state, logits and losses. The paper does not state its
+      # precision; bfloat16 is how ViT / ViViT models are trained on TPUs (and GPUs).
       model=common.model_config(name='vit', variant='B/16', num_classes=21_843, num_tokens=8,
                                 loc=6, version='v1', fuser=False, representation_size=768,
-                                dropout_rate=0.1),
+                                dropout_rate=0.1, dtype='bfloat16'),
       dataset=common.dataset_config(
           'imagenet21k', train_split=f'train[{HELD_OUT}:]', eval_split=f'train[:{HELD_OUT}]',
           image_size=224, crop_min_area=0.05, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),

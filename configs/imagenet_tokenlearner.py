@@ -44,8 +44,11 @@ def get_config():
       batch_size=512, eval_batch_size=512, num_train_steps=20_000, learning_rate=0.01,
       optimizer='momentum', warmup_steps=500, grad_clip_norm=1.0, log_every_steps=100,
       evals={'eval': common.eval_config(every_steps=1000)}, checkpoint_every_steps=1000,
+      # Mixed precision (the precision policy, token_learner/model_config.py): bfloat16 activations,
+      # float32 parameters, optimizer state, logits and losses. The paper does not state its
+      # precision; bfloat16 is how ViT / ViViT models are trained on TPUs (and GPUs).
       model=common.model_config(name='vit', variant='B/16', num_classes=1000, num_tokens=8,
-                                loc=6, version='v1', fuser=False),
+                                loc=6, version='v1', fuser=False, dtype='bfloat16'),
       dataset=common.dataset_config(
           'imagenet2012', train_split='train[:99%]', eval_split='validation', image_size=384,
           crop_min_area=0.05, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), augment=True,

@@ -29,9 +29,12 @@ def get_config():
       num_train_steps=30 * KINETICS400_TRAIN_SIZE // batch_size,
       warmup_steps=int(2.5 * KINETICS400_TRAIN_SIZE // batch_size), log_every_steps=100,
       evals={'eval': common.eval_config(every_steps=5000)}, checkpoint_every_steps=1000,
+      # Mixed precision (the precision policy, token_learner/model_config.py): bfloat16 activations,
+      # float32 parameters, optimizer state, logits and losses. The paper does not state its
+      # precision; bfloat16 is how ViT / ViViT models are trained on TPUs (and GPUs).
       model=common.model_config(name='vivit', variant='L/16', num_classes=400, num_tokens=16,
                                 loc=12, version='v1', fuser=False, tubelet_size=2,
-                                stochastic_depth=0.1),
+                                stochastic_depth=0.1, dtype='bfloat16'),
       dataset=common.dataset_config(
           'kinetics400', file_pattern_train='/path/to/kinetics400/train-*.tfrecord',
           file_pattern_eval='/path/to/kinetics400/validate-*.tfrecord', frames_key='image/encoded',

@@ -263,16 +263,17 @@ def test_bfloat16_forward_matches_float32(randomise):
 
 
 def test_attention_logits_and_softmax_run_in_float32():
-  """bf16 inputs: `float32_attention` equals float32 attention on the same (bf16-rounded) inputs
-  up to the rounding of its bf16 output; bf16 logits (flax's default path) are far off."""
-  from token_learner.modules import float32_attention  # pylint: disable=g-import-not-at-top
+  """bf16 inputs: `einsum_attention` (bf16 q/k/v, float32 logits and softmax) equals float32
+  attention on the same (bf16-rounded) inputs up to the rounding of its bf16 weights and output;
+  bf16 logits (flax's default path) are far off."""
+  from token_learner.modules import einsum_attention  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   q, k, v = (4 * jax.random.normal(key, (2, 256, 4, 16)).astype(jnp.bfloat16)
              for key in jax.random.split(jax.random.key(0), 3))
   f32 = lambda a: a.astype(jnp.float32)
   want = nn.dot_product_attention(f32(q), f32(k), f32(v))
   tol = float(jnp.abs(want).max()) * 2 ** -7  # one bf16 ulp of the largest output, x2
-  got = float32_attention(q, k, v)
+  got = einsum_attention(q, k, v)
   assert got.dtype == jnp.bfloat16
   assert float(jnp.abs(f32(got) - want).max()) <= tol
   assert float(jnp.abs(f32(nn.dot_product_attention(q, k, v)) - want).max()) > 4 * tol

@@ -11,7 +11,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
-from token_learner.modules import float32_attention, from_frames, to_frames
+from token_learner.modules import einsum_attention, from_frames, to_frames
 
 Dtype = Any
 
@@ -75,7 +75,7 @@ class Reprojection(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
-        attention_fn=float32_attention, deterministic=not train,
+        attention_fn=einsum_attention, deterministic=not train,
         name='MultiHeadDotProductAttention_2')(q, kv)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_3')(x)

@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 
 from token_learner.model_config import BottleneckConfig, ModelConfig
-from token_learner.modules import TokenFuser, TokenLearner
+from token_learner.modules import TokenFuser, TokenLearner, einsum_attention
 
 Dtype = Any
 
@@ -185,8 +185,11 @@ class PreNormMHSA(nn.Module):
   @nn.compact
   def __call__(self, x):
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
+    # einsum_attention: float32 logits and softmax on compute-dtype q, k, v (flax's default
+    # attention would form bfloat16 logits in a bfloat16 model).
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
                                         qkv_features=self.qkv_features,
+                                        attention_fn=einsum_attention,
                                         name='MultiHeadDotProductAttention_0')(y, y)
     return x + y
 
@@ -349,6 +352,6 @@ class XBottleneck(nn.Module):
     x = x.mean(axis=(1, 2, 3))
     x = nn.relu(nn.Dense(bn.head_width, dtype=dtype, name='fc1')(x))
     x = nn.Dropout(bn.head_dropout)(x, deterministic=not train)
-    logits = nn.Dense(cfg.num_classes, kernel_init=nn.initializers.zeros,
+    logits = nn.Dense(cfg.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
                       bias_init=nn.initializers.constant(cfg.head_bias_init), name='head')(x)
     return logits.astype(jnp.float32), {'attention_maps': tuple(maps), 'pre_logits': x}

@@ -32,7 +32,8 @@ FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
 DTYPES = ('float32', 'bfloat16', 'float16')
-ATTENTION_IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+# token_learner.vit.IMPLEMENTATIONS; None: 'einsum' (its name in configs stored before 'auto').
+ATTENTION_IMPLEMENTATIONS = ('auto', 'einsum', 'xla', 'cudnn', 'pallas', None)
 REMATS = ('none', 'full', 'dots')  # 'none' + token_learner.layer_scan.REMAT_POLICIES
 _TL = 'config.model.tokenlearner'
 field = fields.field
@@ -145,12 +146,16 @@ class ModelConfig:
   # drop-path rate of the last layer, linear in depth from 0.
   stochastic_depth: float = field(0.0, maximum=1.0, below_max=True)
   tubelet_size: int = field(2, minimum=1)  # temporal extent t of a ViViT tubelet (t x p x p).
-  # compute dtype ('bfloat16' for mixed precision); params stay float32.
+  # Compute dtype of the activations ('bfloat16': the paper configs); parameters, optimizer
+  # state, logits, attention softmax statistics and losses stay float32 whatever it is.
   dtype: str = field('float32', choices=DTYPES)
-  # Attention of the encoder blocks: None = `float32_attention` (einsums; attention dropout);
-  # 'xla' / 'cudnn' = jax.nn.dot_product_attention ('cudnn': GPU, bfloat16/float16 dtype).
-  # Logits and softmax are float32 in all three; the parameters are the same.
-  attention_implementation: Optional[str] = field(None, choices=ATTENTION_IMPLEMENTATIONS)
+  # Attention of the encoder blocks (token_learner.vit.attention): 'auto' picks per backend
+  # (vit.resolve_attention: cuDNN flash on GPU in half precision, the Pallas flash kernel on TPU
+  # for >= 1024 tokens, 'xla' / 'einsum' on CPU); 'einsum' (None: the same) = two einsums, the
+  # only one with attention dropout; 'xla' / 'cudnn' = jax.nn.dot_product_attention ('cudnn':
+  # GPU, bfloat16/float16); 'pallas' = TPU flash kernel. q/k/v stay in `dtype`, logits and
+  # softmax statistics are float32 in all of them; the parameters are the same.
+  attention_implementation: Optional[str] = field('auto', choices=ATTENTION_IMPLEMENTATIONS)
   fused_qkv: bool = False  # q, k, v as one [C, 3C] matmul (same parameters, concatenated).
   # Encoder blocks under nn.scan, one scan per segment of layers between TokenLearners: fast
   # compiles of deep models; parameters stacked as Transformer/encoderblock_scan_{k} (layer axis
@@ -231,8 +236,8 @@ class ModelConfig:
   def _check_attention(self):
     where = 'config.model.attention_implementation'
     impl = self.attention_implementation
-    if impl is not None and self.attention_dropout_rate > 0:
-      raise ValueError(f'{where}={impl!r} has no attention dropout: use None with '
+    if impl not in (None, 'einsum', 'auto') and self.attention_dropout_rate > 0:
+      raise ValueError(f"{where}={impl!r} has no attention dropout: use 'auto' or 'einsum' with "
                        f'config.model.attention_dropout_rate={self.attention_dropout_rate}')
     if impl == 'cudnn' and self.dtype == 'float32':
       raise ValueError(f"{where}='cudnn' needs config.model.dtype 'bfloat16' or 'float16', got "

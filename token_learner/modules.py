@@ -7,10 +7,12 @@ frame, §2.1), or token sequences `[B, H*W, C]` / `[B, T*H*W, C]` with `grid_sha
     tokens, maps = TokenLearner(num_tokens=8)(x)          # x [B, H, W, C] -> [B, 8, C], [B, 8, H, W]
     x = TokenFuser()(block(tokens), residual=x)           # -> [B, H, W, C]
 """
+import functools
 from typing import Any, Optional, Sequence, Tuple
 
 import einops
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -189,19 +191,71 @@ class TokenFuser(nn.Module):
     return from_frames(frames + fused, residual)
 
 
-def float32_attention(query, key, value, bias=None, mask=None, broadcast_dropout=True,
-                      dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
-                      precision=None, module=None):
-  """`nn.dot_product_attention` with the logits q.k and the softmax in float32.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _half_einsum(spec, a, b, precision):
+  """`einsum(spec, a, b)` of half-precision operands with a float32 result (float32
+  accumulation); its backward takes the cotangent in the operands' dtype, so every dot of the
+  gradient has half-precision operands too (autodiff would dot the float32 cotangent with the
+  half operand: a float32 copy of q, k or v)."""
+  return jnp.einsum(spec, a, b, precision=precision, preferred_element_type=jnp.float32)
 
-  The `attention_fn` of every attention layer here: with a bfloat16 compute dtype the logits of
-  long sequences lose most of their mantissa before the softmax (and its max-subtraction), so they
-  are formed and normalised in float32; the result is cast back to `value`'s dtype.
+
+def _half_einsum_fwd(spec, a, b, precision):
+  return _half_einsum(spec, a, b, precision), (a, b)
+
+
+def _half_einsum_bwd(spec, precision, residuals, g):
+  a, b = residuals
+  _, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b, precision=precision), a, b)
+  return vjp(g.astype(jnp.result_type(a, b)))
+
+
+_half_einsum.defvjp(_half_einsum_fwd, _half_einsum_bwd)
+
+
+def _f32_einsum(spec, a, b, precision):
+  """`einsum` with a float32 result: plain for float32 operands (flax's program, bit for bit),
+  `_half_einsum` for half-precision ones."""
+  if a.dtype == jnp.float32 and b.dtype == jnp.float32:
+    return jnp.einsum(spec, a, b, precision=precision, preferred_element_type=jnp.float32)
+  return _half_einsum(spec, a, b, precision)
+
+
+def einsum_attention(query, key, value, bias=None, mask=None, broadcast_dropout=True,
+                     dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
+                     precision=None, module=None):
+  """Dot-product attention as two einsums, on `[B, N, H, D]` q, k, v in their own (compute)
+  dtype, with the precision policy of the project: the logits q.k are accumulated and kept in
+  float32, the softmax (max-subtraction, normaliser) runs in float32, and the weights are cast
+  to `value`'s dtype for the second einsum, again accumulated in float32; the result has
+  `value`'s dtype. q, k, v are never upcast, forward or backward (`_half_einsum`), so a
+  bfloat16 model moves bfloat16 q/k/v and weights; with float32 q, k, v this is exactly flax's
+  `dot_product_attention` (same operations in the same order, the same dropout mask for the
+  same key).
+
+  A drop-in `attention_fn` of `nn.MultiHeadDotProductAttention` (`dtype` is ignored: the
+  dtype is that of the inputs). The only attention implementation here with attention dropout
+  (`dropout_rate`, masks drawn as flax's).
   """
   del dtype
-  f32 = lambda a: a.astype(jnp.float32)
-  out = nn.dot_product_attention(
-      f32(query), f32(key), f32(value), bias=bias, mask=mask,
-      broadcast_dropout=broadcast_dropout, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
-      deterministic=deterministic, dtype=jnp.float32, precision=precision, module=module)
+  depth = query.shape[-1]
+  if query.dtype == jnp.float32:  # Flax's order: scale the query, then the product.
+    query = query / jnp.sqrt(depth).astype(query.dtype)
+    logits = _f32_einsum('...qhd,...khd->...hqk', query, key, precision)
+  else:  # A half-precision query is not rounded once more: scale the float32 logits.
+    logits = _f32_einsum('...qhd,...khd->...hqk', query, key, precision)
+    logits = logits / jnp.sqrt(depth).astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits)
+  if module:
+    module.sow('intermediates', 'attention_weights', weights)
+  if not deterministic and dropout_rate > 0.0:
+    keep_prob = 1.0 - dropout_rate
+    shape = ((1,) * (key.ndim - 2) + weights.shape[-2:]) if broadcast_dropout else weights.shape
+    keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+    weights = weights * (keep.astype(jnp.float32) / jnp.asarray(keep_prob, jnp.float32))
+  out = _f32_einsum('...hqk,...khd->...qhd', weights.astype(value.dtype), value, precision)
   return out.astype(value.dtype)

@@ -43,9 +43,11 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 # Config fields that may change between the runs of one workdir without changing what is trained
-# (reporting and checkpoint cadence); any other change needs `allow` in check_config.
+# (reporting and checkpoint cadence; the attention kernel, which computes the same function on
+# the same parameters: configs stored before 'auto' have None there); any other change (e.g.
+# model.dtype) needs `allow` in check_config.
 SAFE_TO_CHANGE = ('log_every_steps', 'evals', 'checkpoint_every_steps', 'keep_checkpoints',
-                  'profile_steps', 'eval_batch_size')
+                  'profile_steps', 'eval_batch_size', 'model.attention_implementation')
 
 
 class ConfigChangedError(fields.ConfigError):
