@@ -10,6 +10,10 @@ Multi-process: on TPU pods and SLURM / Open MPI clusters `jax.distributed` finds
 itself; elsewhere (GPU or CPU hosts) pass --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every
 process.
+
+On a GPU, when XLA_FLAGS is unset, the flags of token_learner/train/xla_flags.py (latency-hiding
+scheduler, gradient all-reduce combining) are set before JAX initialises its backend; a set
+XLA_FLAGS (even an empty one) is used as it is.
 """
 import logging as std_logging
 import os
@@ -24,6 +28,7 @@ from ml_collections import config_flags
 from token_learner import fields
 from token_learner.train import loop
 from token_learner.train import preemption
+from token_learner.train import xla_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs, summary.json.')
@@ -73,6 +78,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_OnlyOrbaxWarnings())
+  # Before the first device query (XLA reads XLA_FLAGS when the backend initialises).
+  applied = xla_flags.apply_defaults(os.environ)
+  if applied:
+    logging.info('GPU: XLA_FLAGS=%r (unset XLA_FLAGS: the defaults of xla_flags.py)', applied)
   initialize_distributed()
   try:  # Keep TensorFlow (the input pipeline) off the accelerators.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -13,6 +13,8 @@ import pytest
 import trainer
 from token_learner import data
 from token_learner import experiment as experiment_lib
+from token_learner import flops as flops_lib
+from token_learner.model_config import ModelConfig
 from token_learner.data import stream
 from token_learner.train import setup, sharding, throughput
 
@@ -103,7 +105,7 @@ def test_step_flops_sum_the_devices_of_a_sharded_program(num_devices):
 
 
 def test_accumulating_step_counts_every_micro_batch(tiny_config):
-  counts = []
+  counts, run_counts = [], []
   for k in (1, 2):
     run = setup.build(experiment_lib.from_config(tiny_config(grad_accum_steps=k)),
                       devices=jax.devices()[:2])
@@ -112,8 +114,96 @@ def test_accumulating_step_counts_every_micro_batch(tiny_config):
     meter.count_flops(run.train_step, run.init_state(), run.synthetic_batch(), run.dropout_rng,
                       accumulation_free_step=run.accumulation_free_step)
     counts.append(meter.step_flops)
+    run_counts.append(throughput.train_step_flops(run, run.synthetic_batch()))
   # Uncorrected, XLA's count of the k = 2 step is about half (the scan body counted once).
   assert counts[1] == pytest.approx(counts[0], rel=0.05)
+  assert run_counts[1] == pytest.approx(run_counts[0], rel=0.01)
+  assert run_counts[0] == pytest.approx(counts[0], rel=0.01)
+
+
+def _xla_step_flops(run):
+  """XLA's count of the compiled train step, summed over the devices (what MFU used to be)."""
+  compiled = run.train_step.lower(run.abstract_state, run.synthetic_batch(),
+                                  run.dropout_rng).compile()
+  return throughput.compiled_flops(compiled) * run.mesh.size
+
+
+def _deep_run(tiny_config, **model):
+  """4 layers, a TokenLearner before layer 2 (two scan segments when scanned), on one device (on
+  several, XLA's per-device counts add each device's copy of the replicated optimizer update)."""
+  overrides = {'model.num_layers': 4, 'model.tokenlearner.loc': 2}
+  overrides.update({f'model.{k}': v for k, v in model.items()})
+  return setup.build(experiment_lib.from_config(tiny_config(**overrides)),
+                     devices=jax.devices()[:1])
+
+
+def test_scanned_and_unrolled_models_count_the_same_step_flops(tiny_config):
+  unrolled, scanned = _deep_run(tiny_config), _deep_run(tiny_config, scan_layers=True)
+  batch = unrolled.synthetic_batch()
+  flops = {}
+  for name, run in (('unrolled', unrolled), ('scanned', scanned)):
+    meter = throughput.Meter(run.mesh.devices.flat, dtype='float32', global_batch=16)
+    meter.count_run_flops(run, batch)
+    flops[name] = meter.step_flops
+    assert meter.hardware_step_flops is None and 'hfu' not in meter.window(1, 1.0)
+  assert flops['scanned'] == pytest.approx(flops['unrolled'], rel=0.01)
+  # ... and both are XLA's count of the compiled unrolled step (the ground truth), while the
+  # compiled scanned step's count is far lower: a scan body is counted once.
+  assert flops['unrolled'] == pytest.approx(_xla_step_flops(unrolled), rel=0.01)
+  assert _xla_step_flops(scanned) < 0.8 * flops['unrolled']
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_remat_changes_hfu_not_mfu(tiny_config, scan_layers):
+  plain = _deep_run(tiny_config, scan_layers=scan_layers)
+  remat = _deep_run(tiny_config, scan_layers=scan_layers, remat='full')
+  meters = {}
+  for name, run in (('plain', plain), ('remat', remat)):
+    meters[name] = throughput.Meter(run.mesh.devices.flat, dtype='float32', global_batch=16)
+    meters[name].count_run_flops(run, run.synthetic_batch())
+  assert meters['remat'].step_flops == pytest.approx(meters['plain'].step_flops, rel=1e-6)
+  line, plain_line = meters['remat'].window(10, 2.0), meters['plain'].window(10, 2.0)
+  assert line['mfu'] == pytest.approx(plain_line['mfu'], rel=1e-6)
+  # Full remat recomputes each block's forward pass: about 4/3 of the model FLOPs, as HFU.
+  ratio = meters['remat'].hardware_step_flops / meters['remat'].step_flops
+  assert 1.15 < ratio < 1.4, ratio
+  assert line['hfu'] == pytest.approx(line['mfu'] * ratio, rel=1e-6)
+  assert meters['remat'].summary()['hardware_step_tflops'] > meters['remat'].summary()[
+      'step_tflops']
+
+
+def _vit_forward_macs(*, image=224, patch=16, width=768, depth=12, mlp=3072, classes=1000,
+                      cls_token=False):
+  """Multiply-adds of a ViT forward pass on one image, by formula: the patch embedding, per layer
+  the q, k, v and output projections (4 N D^2), the attention logits q.k and the weighted sum of
+  the values (2 N^2 D, all heads together), the MLP (2 N D M), and the head."""
+  n = (image // patch) ** 2 + cls_token
+  embed = (image // patch) ** 2 * patch * patch * 3 * width
+  layer = 4 * n * width ** 2 + 2 * n ** 2 * width + 2 * n * width * mlp
+  return embed + depth * layer + width * classes
+
+
+@pytest.mark.parametrize('classifier', ['gap', 'token'])
+def test_vit_b16_forward_flops_match_the_analytic_count(classifier):
+  macs = _vit_forward_macs(cls_token=classifier == 'token')
+  # The published figure: ViT-B/16 at 224 (a class token, 197 tokens) is 17.6 GMACs ("GFLOPs").
+  if classifier == 'token':
+    assert macs / 1e9 == pytest.approx(17.56, abs=0.01)
+  cfg = ModelConfig.from_dict({'variant': 'B/16', 'classifier': classifier, 'num_classes': 1000,
+                               'tokenlearner': {'num_tokens': 0}}, image_size=224)
+  gmacs, _ = flops_lib.count_flops_and_params(cfg)
+  # XLA also counts the normalisations, softmax, GELU and residual adds: < 1 % of the matmuls.
+  assert gmacs * 1e9 == pytest.approx(macs, rel=0.01)
+  assert gmacs * 1e9 > macs
+
+
+def test_cudnn_attention_is_counted_as_einsums():
+  model = lambda impl: ModelConfig.from_dict(
+      {'variant': 'Ti/16', 'num_layers': 2, 'dtype': 'bfloat16', 'attention_implementation': impl,
+       'tokenlearner': {'num_tokens': 8, 'loc': 1}}, image_size=64)
+  assert flops_lib.counted_config(model('cudnn')).attention_implementation == 'xla'
+  assert flops_lib.count_flops_and_params(model('cudnn'))[0] == pytest.approx(
+      flops_lib.count_flops_and_params(model(None))[0], rel=0.01)
 
 
 class _Metrics(dict):

@@ -38,14 +38,33 @@ def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
-def count_flops_and_params(model_cfg: ModelConfig):
-  """Returns `(gflops, num_params)`: multiply-adds / 1e9 at batch 1, and the parameter count."""
+def counted_config(model_cfg: ModelConfig, *, keep_remat: bool = False) -> ModelConfig:
+  """The model of `model_cfg` as XLA's cost analysis counts every FLOP of: the same function and
+  parameters' shapes in a form without loops or opaque kernels.
+
+  XLA counts a loop's body once, so scanned layers (`scan_layers`) are unrolled and the §6
+  Vector Transformer's query chunks (a `lax.map`) are computed at once; an attention kernel XLA
+  does not see into (cuDNN's custom call counts 0 FLOPs; 'auto' may pick it) is replaced by the
+  'xla' implementation (the same einsums, counted). `remat` is dropped (its recomputation is not
+  model FLOPs) unless `keep_remat` (the FLOPs the hardware runs).
+  """
+  changes = {}
+  if model_cfg.scan_layers:
+    changes['scan_layers'] = False
+  if model_cfg.remat != 'none' and not keep_remat:
+    changes['remat'] = 'none'
+  if model_cfg.attention_implementation not in (None, 'xla'):
+    changes['attention_implementation'] = 'xla'
   if model_cfg.name == 'bottleneck' and model_cfg.bottleneck.query_chunk:
-    # Chunking is a lax.map loop, whose body XLA's cost analysis counts once: count unchunked.
-    model_cfg = dataclasses.replace(model_cfg, bottleneck=dataclasses.replace(
-        model_cfg.bottleneck, query_chunk=0))
-  if model_cfg.scan_layers:  # A scan's body is counted once too: count the unrolled model.
-    model_cfg = dataclasses.replace(model_cfg, scan_layers=False)
+    changes['bottleneck'] = dataclasses.replace(model_cfg.bottleneck, query_chunk=0)
+  return dataclasses.replace(model_cfg, **changes) if changes else model_cfg
+
+
+def count_flops_and_params(model_cfg: ModelConfig):
+  """Returns `(gflops, num_params)`: multiply-adds / 1e9 at batch 1, and the parameter count.
+
+  Counted on `counted_config(model_cfg)` (unrolled layers, attention in einsums)."""
+  model_cfg = counted_config(model_cfg)
   model = build_model(model_cfg)
   params = abstract_params(model_cfg)
   x = jax.ShapeDtypeStruct((1, *model_cfg.input_shape), jnp.float32)

@@ -149,8 +149,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
   try:
     while step < cfg.num_train_steps:
       batch = next(batches)
-      meter.count_flops(run.train_step, state, batch, run.dropout_rng,  # Once, when compiled.
-                        accumulation_free_step=run.accumulation_free_step)
+      meter.count_run_flops(run, batch)  # Once: model FLOPs of the step (MFU), not compiled.
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = run.train_step(state, batch, run.dropout_rng)
       step += 1

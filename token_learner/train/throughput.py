@@ -1,19 +1,25 @@
-"""How fast a run trains: examples/s, TFLOP/s per device, MFU and core-hours.
+"""How fast a run trains: examples/s, TFLOP/s per device, MFU, HFU and core-hours.
 
-    meter = Meter(mesh.devices.flat, dtype='float32', global_batch=128)
-    meter.count_flops(p_train_step, state, batch, rng)  # once, before the first step runs
+    meter = Meter(mesh.devices.flat, dtype='bfloat16', global_batch=128)
+    meter.count_run_flops(run, batch)  # once; lowers two programs, compiles nothing
     meter.window(steps=100, seconds=3.2)  # -> scalars of one log line
     meter.summary()  # -> summary.json's 'throughput'
 
-FLOPs of a step are XLA's count of the compiled train step (forward, backward and optimizer, any
-rematerialised recomputation included). For a program partitioned over several devices,
-`cost_analysis()` describes the program of one device (a data-parallel step over 8 devices
-reports 1/8 of the global batch's FLOPs; tests/test_throughput.py checks it), so a step's total is
-that count times the devices. MFU is the achieved FLOP/s per device over the device's peak dense
-rate for the model's compute dtype (`PEAK_TFLOPS`); on CPU the peak is the measured rate of a
-float32 matmul in this process. A device kind missing from the table has no MFU (omitted rather
-than wrong).
+Model FLOPs of a step (`train_step_flops`) are XLA's cost analysis of the *lowered* (not
+compiled) train step of the run's model in the form `flops.counted_config` gives it: layers
+unrolled (XLA counts a scan's body once, so a scanned model's compiled count falls towards 1/L),
+no rematerialisation (recomputation is not model FLOPs), attention as einsums (a cuDNN attention
+call counts 0), no gradient accumulation (the accumulation scan again), at the run's global
+batch. Forward, backward and the optimizer update are counted, for the whole global batch
+whatever the partitioning (the lowered program is the unpartitioned one). MFU is those FLOPs per
+second per device over the device's peak dense rate for the model's compute dtype
+(`PEAK_TFLOPS`); on CPU the peak is the measured rate of a float32 matmul in this process. A
+device kind missing from the table has no MFU (omitted rather than wrong).
+
+HFU (hardware FLOPs utilisation, logged as `hfu` only for a model with `remat`) counts the same
+way with the rematerialised forward passes kept.
 """
+import dataclasses
 import functools
 import re
 import time
@@ -22,6 +28,11 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 from absl import logging
 import jax
 import jax.numpy as jnp
+
+from token_learner import flops as flops_lib
+from token_learner.models import build_model
+from token_learner.train import sharding
+from token_learner.train import step as step_lib
 
 
 class Peak(NamedTuple):
@@ -114,11 +125,13 @@ def device_peak(devices: Iterable[jax.Device], dtype: str) -> Tuple[Optional[flo
 
 
 def rates(*, steps_per_sec: float, global_batch: int, num_devices: int,
-          step_flops: Optional[float], peak_tflops: Optional[float]) -> Dict[str, float]:
-  """examples/s (total and per device), TFLOP/s per device and MFU of a rate of steps.
+          step_flops: Optional[float], peak_tflops: Optional[float],
+          hardware_step_flops: Optional[float] = None) -> Dict[str, float]:
+  """examples/s (total and per device), TFLOP/s per device, MFU (and HFU) of a rate of steps.
 
-  `step_flops`: FLOPs of one step summed over all devices; without it (or without a peak) the
-  fields that need it are left out.
+  `step_flops`: model FLOPs of one step summed over all devices; `hardware_step_flops`: the same
+  with rematerialised recomputation (HFU, only when given). Without them (or without a peak)
+  the fields that need them are left out.
   """
   out = {'examples_per_sec': steps_per_sec * global_batch,
          'examples_per_sec_per_device': steps_per_sec * global_batch / num_devices}
@@ -126,6 +139,8 @@ def rates(*, steps_per_sec: float, global_batch: int, num_devices: int,
     out['tflops_per_device'] = step_flops * steps_per_sec / num_devices / 1e12
     if peak_tflops:
       out['mfu'] = out['tflops_per_device'] / peak_tflops
+      if hardware_step_flops:
+        out['hfu'] = hardware_step_flops * steps_per_sec / num_devices / 1e12 / peak_tflops
   return out
 
 
@@ -140,6 +155,31 @@ def compiled_flops(compiled) -> Optional[float]:
   return float(flops) if flops and flops > 0 else None
 
 
+def _abstract(tree):
+  """ShapeDtypeStructs (no shardings) of a tree of arrays or ShapeDtypeStructs."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def train_step_flops(run, batch, *, recompute: bool = False) -> Optional[float]:
+  """FLOPs of one train step of `run` (token_learner.train.setup.Run) on `batch` (arrays or
+  ShapeDtypeStructs of the global batch), summed over all devices; None where the backend has
+  no cost analysis.
+
+  Counted from the lowered (not compiled) step of `flops.counted_config(run.experiment.model)`
+  (unrolled, non-remat, attention as einsums) without gradient accumulation, on abstract inputs:
+  nothing is allocated or compiled. `recompute=True` keeps the model's `remat`: the FLOPs the
+  hardware runs, rematerialised forward passes included (HFU).
+  """
+  model_cfg = flops_lib.counted_config(run.experiment.model, keep_remat=recompute)
+  model = build_model(model_cfg)
+  state, _ = sharding.abstract_train_state(run.init_rng, model, run.tx, model_cfg.input_shape,
+                                           run.mesh)
+  cfg = dataclasses.replace(run.cfg, grad_accum_steps=1)
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=run.tx, cfg=cfg))
+  return compiled_flops(step.lower(_abstract(state), _abstract(batch),
+                                   _abstract(run.dropout_rng)))
+
+
 class Meter:
   """Throughput of one run on `devices` (the mesh's), for the log lines and summary.json.
 
@@ -151,7 +191,8 @@ class Meter:
                core_hours: float = 0.0, start_time: Optional[float] = None):
     self.devices = list(devices)
     self.dtype, self.global_batch = dtype, global_batch
-    self.step_flops: Optional[float] = None
+    self.step_flops: Optional[float] = None  # Model FLOPs of one step, all devices.
+    self.hardware_step_flops: Optional[float] = None  # With remat's recomputation (HFU).
     self.peak_tflops, self.peak_source = device_peak(self.devices, dtype)
     self._core_hours, self._start = core_hours, start_time or time.time()
     self._windows: List[Tuple[int, float]] = []
@@ -160,26 +201,36 @@ class Meter:
   def num_devices(self) -> int:
     return len(self.devices)
 
+  def count_run_flops(self, run, batch):
+    """Sets `step_flops` (model FLOPs, MFU) and, for a model with `remat`, `hardware_step_flops`
+    (HFU) from `train_step_flops(run, batch)`; a no-op once set. Compiles nothing."""
+    if self.step_flops is not None:
+      return
+    self.step_flops = train_step_flops(run, batch) or 0.0
+    if run.experiment.model.remat != 'none' and self.step_flops:
+      self.hardware_step_flops = train_step_flops(run, batch, recompute=True)
+    self._log_flops()
+
   def count_flops(self, step, *args, accumulation_free_step=None):
-    """Sets `step_flops` from the jitted `step` lowered and compiled for `args` (the compilation
-    its first call then reuses); a no-op once set.
+    """Sets `step_flops` from the lowered program of a jitted `step` for `args` (the whole,
+    unpartitioned program: all devices' FLOPs); a no-op once set. For a model's train step use
+    `count_run_flops`, which also unrolls scanned layers and drops remat.
 
     XLA counts a scan's body once, so a step that accumulates gradients over k micro-batches
-    passes the same step without accumulation as `accumulation_free_step`: the k - 1 uncounted
-    micro-batches are its lowered (whole-batch, not yet partitioned) program's FLOPs minus those
-    of the accumulating step's lowered program. Lowering costs no compilation.
+    passes the same step without accumulation as `accumulation_free_step`, whose count is used.
+    Lowering costs no compilation.
     """
     if self.step_flops is not None:
       return
-    lowered = step.lower(*args)
-    per_device = compiled_flops(lowered.compile())
-    self.step_flops = per_device * self.num_devices if per_device else 0.0
-    if per_device and accumulation_free_step is not None:
-      whole, accumulating = (compiled_flops(accumulation_free_step.lower(*args)),
-                             compiled_flops(lowered))
-      self.step_flops = self.step_flops + whole - accumulating if whole and accumulating else 0.0
-    logging.info('Train step: %.4g TFLOPs over %d devices; peak %s TFLOP/s per device (%s).',
-                 self.step_flops / 1e12, self.num_devices,
+    counted = accumulation_free_step if accumulation_free_step is not None else step
+    self.step_flops = compiled_flops(counted.lower(*args)) or 0.0
+    self._log_flops()
+
+  def _log_flops(self):
+    logging.info('Train step: %.4g TFLOPs (model) over %d devices%s; peak %s TFLOP/s per device '
+                 '(%s).', self.step_flops / 1e12, self.num_devices,
+                 ', %.4g TFLOPs with remat' % (self.hardware_step_flops / 1e12)
+                 if self.hardware_step_flops else '',
                  '%.4g' % self.peak_tflops if self.peak_tflops else 'unknown', self.peak_source)
 
   def core_hours(self) -> float:
@@ -187,7 +238,7 @@ class Meter:
 
   def window(self, steps: int, seconds: float) -> Dict[str, float]:
     """Scalars of a log line: `steps` took `seconds` (examples/s per device, TFLOP/s per device,
-    MFU, core-hours so far)."""
+    MFU, HFU with remat, core-hours so far)."""
     self._windows.append((steps, seconds))
     out = self._rates(steps / max(seconds, 1e-9))
     del out['examples_per_sec']  # The train logger writes it itself.
@@ -197,7 +248,7 @@ class Meter:
   def _rates(self, steps_per_sec):
     return rates(steps_per_sec=steps_per_sec, global_batch=self.global_batch,
                  num_devices=self.num_devices, step_flops=self.step_flops,
-                 peak_tflops=self.peak_tflops)
+                 peak_tflops=self.peak_tflops, hardware_step_flops=self.hardware_step_flops)
 
   def summary(self) -> Dict[str, Any]:
     """The run's throughput: the mean rate of this process's log windows after the first (which
@@ -206,6 +257,8 @@ class Meter:
            'dtype': self.dtype, 'peak_tflops_per_device': self.peak_tflops,
            'peak_source': self.peak_source,
            'step_tflops': self.step_flops / 1e12 if self.step_flops else None}
+    if self.hardware_step_flops:
+      out['hardware_step_tflops'] = self.hardware_step_flops / 1e12
     windows = self._windows[1:] or self._windows
     if windows:
       steps, seconds = map(sum, zip(*windows))
