@@ -84,7 +84,7 @@ def compile_train_step(config):
                     num_train_examples=10 ** 6)
   b, shape = run.cfg.batch_size, run.input_shape
   labels = ((b, run.cfg.num_classes), jnp.float32) if run.cfg.multi_label else ((b,), jnp.int32)
-  batch = {'inputs': jax.ShapeDtypeStruct((b, *shape), jnp.float32, sharding=run.batch_sharding),
+  batch = {'inputs': jax.ShapeDtypeStruct((b, *shape), jnp.uint8, sharding=run.batch_sharding),
            'labels': jax.ShapeDtypeStruct(*labels, sharding=run.batch_sharding)}
   start, cpu = time.perf_counter(), time.process_time()
   lowered = run.train_step.lower(run.abstract_state, batch, run.dropout_rng)

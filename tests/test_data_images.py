@@ -48,8 +48,9 @@ def concat(batches, key):
   return np.concatenate([b[key] for b in batches])
 
 
-def normalise(pixels):
-  return (pixels - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+def to_pixels(unit):
+  """[0, 1] floats -> uint8 pixels, rounded (half to even) as the data layer rounds them."""
+  return np.round(np.asarray(unit, np.float64) * 255).astype(np.uint8)
 
 
 # --- digits: the offline default ------------------------------------------------------------
@@ -74,10 +75,12 @@ def test_digits_info_and_fixed_stratified_split():
   train_images = concat(batches, 'inputs')[:1437]
   train_labels = concat(batches, 'labels')[:1437]
   digits = sk_datasets.load_digits()
-  expected = normalise(np.repeat(digits.images[..., None] / 16.0, 3, -1).astype(np.float32))
+  # The 8x8 scans (0..16) at image_size 8: pixels round(v / 16 * 255), nothing else.
+  expected = to_pixels(np.repeat(digits.images[..., None] / 16.0, 3, -1))
+  assert train_images.dtype == test_images.dtype == np.uint8
 
   def rows(images_, labels):
-    flat = np.concatenate([images_.reshape(len(images_), -1).round(4), labels[:, None]], 1)
+    flat = np.concatenate([images_.reshape(len(images_), -1).astype(int), labels[:, None]], 1)
     return sorted(map(tuple, flat))
   got = rows(np.concatenate([train_images, test_images]), np.concatenate([train_labels,
                                                                           test_labels]))
@@ -91,7 +94,7 @@ def test_train_batches_shapes_and_determinism(assert_batches_equal):
   cfg = make_cfg()
   a = take(train(cfg, batch_size=32), 3)
   b = take(train(cfg, batch_size=32), 3)
-  assert a[0]['inputs'].shape == (32, 8, 8, 3) and a[0]['inputs'].dtype == np.float32
+  assert a[0]['inputs'].shape == (32, 8, 8, 3) and a[0]['inputs'].dtype == np.uint8
   assert a[0]['labels'].shape == (32,) and a[0]['labels'].dtype == np.int32
   assert_batches_equal(a, b)
   other = take(train(cfg, batch_size=32, seed=1), 1)
@@ -106,7 +109,7 @@ def test_epochs_are_permutations_reshuffled_each_epoch():
   cfg = make_cfg(augment=False)
   batches = take(train(cfg, batch_size=479), 6)  # 3 batches == 1437 == one epoch.
   first, second = concat(batches[:3], 'inputs'), concat(batches[3:], 'inputs')
-  key = lambda x: sorted(map(tuple, x.reshape(len(x), -1).round(4)))
+  key = lambda x: sorted(map(tuple, x.reshape(len(x), -1)))
   assert key(first) == key(second)
   assert not np.array_equal(first, second)
 
@@ -146,7 +149,7 @@ def test_eval_covers_each_example_once(eval_batch_size, process_count):
     for b in batches:
       assert set(b) == {'inputs', 'labels', 'mask'}
       assert b['inputs'].shape == (eval_batch_size // process_count, 8, 8, 3)
-      assert b['mask'].dtype == np.float32
+      assert b['inputs'].dtype == np.uint8 and b['mask'].dtype == np.float32
       total += b['mask'].sum()
       labels.extend(b['labels'][b['mask'] == 1])
       np.testing.assert_array_equal(b['inputs'][b['mask'] == 0], 0.0)
@@ -302,14 +305,15 @@ def test_image_folder_exact_values(tmp_path):
   mask = concat(batches, 'mask').astype(bool)
   images_, labels = concat(batches, 'inputs')[mask], concat(batches, 'labels')[mask]
   assert sorted(labels) == [0, 0, 1]
-  # Constant PNG images stay constant through resize + centre crop: exactly (v/255 - m) / s.
+  # Constant PNG images stay constant through resize + centre crop: exactly the pixel v.
+  assert images_.dtype == np.uint8
   got = sorted((int(label), tuple(image[0, 0])) for label, image in zip(labels, images_))
   for image in images_:
-    np.testing.assert_allclose(image, np.broadcast_to(image[0, 0], image.shape), atol=1e-6)
-  expected = sorted((0 if cls == 'cat' else 1, tuple(normalise(np.full(3, v / 255, np.float32))))
+    np.testing.assert_array_equal(image, np.broadcast_to(image[0, 0], image.shape))
+  expected = sorted((0 if cls == 'cat' else 1, (v,) * 3)
                     for cls, name, v, _, _ in _FILES[:3] if name.endswith('png'))
   for e in expected:
-    assert any(g[0] == e[0] and np.allclose(g[1], e[1], atol=1e-5) for g in got)
+    assert e in got
 
   batches = take(train(folder_cfg(tmp_path), batch_size=4), 3)
   assert batches[0]['inputs'].shape == (4, 8, 8, 3)

@@ -61,8 +61,9 @@ def _eval(cfg, batch_size=3, **kwargs):
 
 
 def _frame_means(clip):
-  """`[T, H, W, 3]` in [0, 1] -> per-frame mean pixel value in 0..255."""
-  return clip.mean(axis=(1, 2, 3)) * 255
+  """uint8 `[T, H, W, 3]` -> per-frame mean pixel value in 0..255."""
+  assert clip.dtype == np.uint8
+  return clip.mean(axis=(1, 2, 3))
 
 
 def test_dmvr_eval_reads_labels_and_loops_short_video(dmvr):
@@ -134,9 +135,9 @@ def test_three_crops_along_the_longer_side(tmp_path, wide):
   views = _eval(cfg, batch_size=1)[0]['inputs'][0]
   assert views.shape == (6, 2, 16, 16, 3)  # [clips x crops, T, H, W, 3]
   # Crops start at 0, 8, 16 along the long side: means 8 * 7.5, 8 * 15.5, 8 * 23.5.
-  means = [v.mean() * 255 for v in views[:3]]
+  means = [v.mean() for v in views[:3]]
   np.testing.assert_allclose(means, [60, 124, 188], atol=2)
-  np.testing.assert_allclose([v.mean() * 255 for v in views[3:]], means, atol=1e-3)
+  np.testing.assert_allclose([v.mean() for v in views[3:]], means, atol=1e-3)
 
 
 def test_eval_gives_whole_videos_to_processes_and_pads(dmvr):
@@ -149,6 +150,7 @@ def test_eval_gives_whole_videos_to_processes_and_pads(dmvr):
   assert labels == [[1, 0], [2, 0]] and masks == [[1, 1], [1, 0]]
   pad = per_process[1][1]
   assert pad['inputs'].shape == (1, 2, 4, 16, 16, 3) and not pad['inputs'].any()
+  assert pad['inputs'].dtype == np.uint8  # Zero pixels.
   assert pad['labels'].dtype == np.int32
 
 
@@ -212,7 +214,7 @@ def test_moving_digits_eval_views_and_info():
   assert (info.num_classes, info.num_train, info.num_eval) == (40, 5748, 1440)
   assert info.example_shape == (8, 32, 32, 3) and info.num_views == 2
   b = next(iter(data.eval_input(cfg, batch_size=4)))
-  assert b['inputs'].shape == (4, 2, 8, 32, 32, 3)
+  assert b['inputs'].shape == (4, 2, 8, 32, 32, 3) and b['inputs'].dtype == np.uint8
   assert cfg.is_video and isinstance(cfg, data.VideoData)
   assert not data.from_dict({'name': 'digits'}).is_video
 
@@ -228,6 +230,7 @@ def test_tfds_ucf101_with_mock_data():
   assert info.num_classes == 101 and info.num_views == 6
   assert batch['inputs'].shape == (2, 4, 16, 16, 3)
   assert len(evaluation) == 2 and evaluation[0]['inputs'].shape == (2, 6, 4, 16, 16, 3)
+  assert batch['inputs'].dtype == evaluation[0]['inputs'].dtype == np.uint8
   assert list(evaluation[1]['mask']) == [1, 0]
 
 

@@ -15,6 +15,7 @@ from token_learner import build_model, data
 from token_learner import experiment as experiment_lib
 from token_learner import fields
 from token_learner.evals import classification
+from token_learner.data.normalize import normalize
 from token_learner.train import checkpoints
 from token_learner.train import setup, sharding
 
@@ -115,7 +116,8 @@ def test_two_eval_datasets_from_the_config_alone(tmp_path, tiny_config):
     cfg = data.from_dict({**fields.section_dict(experiment.data), 'eval_split': split},
                          num_classes=10)
     batches = list(data.eval_input(cfg, batch_size=40))
-    x = np.concatenate([b['inputs'][b['mask'] > 0] for b in batches])
+    x = normalize(np.concatenate([b['inputs'][b['mask'] > 0] for b in batches]), cfg.mean,
+                  cfg.std)
     y = np.concatenate([b['labels'][b['mask'] > 0] for b in batches])
     assert len(y) == count
     logits = np.asarray(model.apply({'params': params}, x, train=False)[0], np.float64)
@@ -221,7 +223,8 @@ def test_evaluate_counts_every_example_once_with_padding(tiny_config):
   config = tiny_config()
   setup = _prepare(config, jax.devices()[:8])
   eval_step = classification.compile_eval_step(setup['model'], setup['cfg'], setup['mesh'],
-                                               setup['shardings'].params, multi_view=False)
+                                               setup['shardings'].params, multi_view=False,
+                                               mean=setup['data'].mean, std=setup['data'].std)
   eval_input = data.eval_input(setup['data'], batch_size=setup['cfg'].eval_batch_size)
   result = trainer.evaluate(eval_step, setup['state'].params, eval_input, setup['mesh'])
   assert result['num_examples'] == 360
@@ -238,6 +241,7 @@ def test_evaluate_counts_every_example_once_with_padding(tiny_config):
     labels.append(batch['labels'][keep])
   inputs, labels = np.concatenate(inputs), np.concatenate(labels)
   assert len(labels) == 360
+  inputs = normalize(inputs, setup['data'].mean, setup['data'].std)
   logits, _ = setup['model'].apply({'params': params}, inputs, train=False)
   log_probs = jax.nn.log_softmax(logits)
   expected_loss = -np.mean(np.take_along_axis(np.asarray(log_probs), labels[:, None], 1))
@@ -252,7 +256,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_config, restore
   def nan_from_step_5(cfg, start_step=0, **kwargs):
     for step, batch in enumerate(create(cfg, start_step=start_step, **kwargs), start_step):
       if step >= 4:  # The batch of step 5 (steps count from 1).
-        batch = dict(batch, inputs=np.full_like(batch['inputs'], np.nan))
+        # Float inputs are model inputs as they are (uint8 pixels cannot hold a NaN).
+        batch = dict(batch, inputs=np.full(batch['inputs'].shape, np.nan, np.float32))
       yield batch
 
   workdir = str(tmp_path)

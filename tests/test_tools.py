@@ -98,7 +98,8 @@ def test_video_figures_frames_by_tokens(tmp_path):
   inputs = attention_maps.examples(experiment.data, 'test', 2)
   assert inputs.shape == (2, 4, 16, 16, 3)
   model = build_model(experiment.model)
-  params = model.init(jax.random.key(0), jnp.asarray(inputs), train=False)['params']
+  assert inputs.dtype == np.uint8  # Pixels, as batches carry them; the maps normalise them.
+  params = model.init(jax.random.key(0), jnp.zeros(inputs.shape), train=False)['params']
   stats = attention_maps.render(experiment, params, inputs, str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == ['example_0.png', 'example_1.png', 'token_stats.json']
   assert set(stats) == {'tokenlearner_0/entropy', 'tokenlearner_0/overlap'}

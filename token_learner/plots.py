@@ -4,6 +4,8 @@
 import matplotlib
 import numpy as np
 
+from token_learner.data.normalize import to_unit
+
 matplotlib.use('Agg')  # Files only, no display.
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -26,8 +28,8 @@ def accuracy_vs_gflops(path, rows, metric='eval_accuracy'):
 
 
 def _display(image, mean, std):
-  """A normalised input `[H, W, 3]` back to [0, 1] for display."""
-  return np.clip(np.asarray(image) * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+  """An input `[H, W, 3]` (uint8 pixels, or normalised floats) as [0, 1] for display."""
+  return to_unit(image, mean, std)
 
 
 def _overlay(ax, image, attention, title=None):
@@ -46,9 +48,9 @@ def image_attention_figure(image, attention_maps, *, mean, std, title=''):
   """One input beside every token's map: a row per TokenLearner, input then S maps (Fig. 10).
 
   Args:
-    image: normalised input `[H, W, 3]`.
+    image: input `[H, W, 3]`: uint8 pixels (a batch's) or normalised floats.
     attention_maps: one `[S, h, w]` array per TokenLearner of the model.
-    mean, std: the dataset's normalisation, to show the input as it was.
+    mean, std: the dataset's normalisation, to show a normalised input as it was.
   """
   rows, cols = len(attention_maps), 1 + max(m.shape[0] for m in attention_maps)
   fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows), dpi=120, squeeze=False)
@@ -70,7 +72,7 @@ def video_attention_figure(clip, maps, *, mean, std, title=''):
   """Frames x tokens: row t is temporal slice t (its first frame) beside its S maps.
 
   Args:
-    clip: normalised input `[T, H, W, 3]`.
+    clip: input `[T, H, W, 3]`: uint8 pixels (a batch's) or normalised floats.
     maps: one TokenLearner's maps `[T', S, h, w]`, T' = T / tubelet size (`[S, h, w]` when
       the clip is a single temporal slice).
   """

@@ -177,7 +177,8 @@ def inject(kind, argv):
       for step, batch in enumerate(data.train_iterator(cfg, start_step=start_step, **kwargs),
                                    start_step):
         if step + 1 >= first:
-          batch = dict(batch, inputs=np.full_like(batch['inputs'], np.nan))
+          # Float inputs are model inputs as they are (uint8 pixels cannot hold a NaN).
+          batch = dict(batch, inputs=np.full(batch['inputs'].shape, np.nan, np.float32))
         yield batch
     # main.py calls loop.train_and_evaluate: its input seam gets the NaN batches.
     loop.train_and_evaluate = functools.partial(loop.train_and_evaluate, train_input=nan_iterator)

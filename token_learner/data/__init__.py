@@ -7,12 +7,17 @@
     evaluation = data.eval_input(cfg, batch_size=..., process_index=..., process_count=...)
     for batch in evaluation: ...           # one finite pass; iterate again for the next eval
 
-Train batches: {'inputs': float32 [L, H, W, 3] (images) or [L, T, H, W, 3] (videos), 'labels':
-int32 [L] (float32 [L, K] multi-hot for multi-label videos)}, L = batch_size // process_count,
-process p holding rows [p*L, (p+1)*L) of global batch `step`, a pure function of (cfg, seed,
-step) (see `stream`). Eval batches add 'mask': float32 [L] (0 for padding); video eval inputs
+Train batches: {'inputs': uint8 pixels [L, H, W, 3] (images) or [L, T, H, W, 3] (videos),
+'labels': int32 [L] (float32 [L, K] multi-hot for multi-label videos)}, L = batch_size //
+process_count, process p holding rows [p*L, (p+1)*L) of global batch `step`, a pure function of
+(cfg, seed, step) (see `stream`). Eval batches add 'mask': float32 [L] (0 for padding); video eval inputs
 are [L, V, T, H, W, 3], V = eval_clips * eval_crops views of each video. Image sources, decoding
 and augmentation are in `images`, video ones in `videos`; `Prefetcher` puts batches on device.
+
+Pixels are uint8 (decoded, cropped, resized, then rounded to 0..255): a quarter of the bytes of
+float32 to the device. Every consumer normalises them inside its jitted function with
+`normalize.normalize(inputs, cfg.mean, cfg.std)` = (pixels / 255 - mean) / std (jax, no
+TensorFlow). Eval padding rows are zero pixels.
 
 Importing this package loads no TensorFlow: the dataset dataclasses (`config`) and `Prefetcher`
 (jax) are light, and `images`, `videos` and `stream` (TensorFlow / TFDS) are imported on first

@@ -305,7 +305,8 @@ def _source(cfg: ImageData, field: str, process_index=0, process_count=1) -> _Im
 
 
 # ---------------------------------------------------------------------------------------------
-# Image processing: a decoded record -> float32 [H, W, 3] in [0, 1]; then normalised.
+# Image processing: a decoded record -> float32 [H, W, 3] in [0, 1] -> uint8 pixels (rounded);
+# the device normalises them (token_learner.data.normalize).
 
 
 def _train_image(source: _ImageSource, raw, seed, cfg: ImageData):
@@ -341,7 +342,7 @@ def _processor(source: _ImageSource, cfg: ImageData, augment_seed: Optional[int]
       image = _eval_image(source.decode(raw), cfg, source.tiny)
     else:
       image = _train_image(source, raw, stream.augment_seed(augment_seed, q), cfg)
-    out = {'inputs': stream.normalise(image, cfg.mean, cfg.std)}
+    out = {'inputs': stream.to_pixels(image)}
     if isinstance(label, tuple):  # ImageNet ReaL (see _tfds_source).
       label, out['real_labels'] = label
     return {**out, 'labels': label}
@@ -354,7 +355,7 @@ def _processor(source: _ImageSource, cfg: ImageData, augment_seed: Optional[int]
 
 def train_iterator(cfg: ImageData, *, seed: int, start_step: int, global_batch: int,
                    local_batch: int, process_index: int, process_count: int):
-  """Endless {'inputs': f32 [L, H, W, 3], 'labels': i32 [L]} (see token_learner.data)."""
+  """Endless {'inputs': uint8 [L, H, W, 3], 'labels': i32 [L]} (see token_learner.data)."""
   source = _source(cfg, 'train_split', process_index, process_count)
   row_block = process_index
   if cfg.per_process_split and process_count > 1:

@@ -25,6 +25,7 @@ so every example appears exactly once over all processes and all processes step 
 import dataclasses
 import math
 import numbers
+import os
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -63,14 +64,35 @@ def augment_seed(seed: int, q) -> tf.Tensor:
   return derive_seed(seed, _AUGMENT, q)
 
 
+# tf.data threading, as big_vision sets it: the pipeline runs on its own pool (sized to the host,
+# at most big_vision's 48), and each op on one thread, so the parallel map is the only
+# parallelism and no op's intra-op threads compete with the pipeline or the device's host work.
+THREADPOOL_SIZE = max(1, min(48, os.cpu_count() or 1))
+MAX_INTRA_OP_PARALLELISM = 1
+
+
+def options() -> tf.data.Options:
+  """The options of every train and eval pipeline (deterministic, threading as above)."""
+  opts = tf.data.Options()
+  opts.deterministic = True  # Bit-identical batches across runs and resumes.
+  opts.threading.private_threadpool_size = THREADPOOL_SIZE
+  opts.threading.max_intra_op_parallelism = MAX_INTRA_OP_PARALLELISM
+  return opts
+
+
 def with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
-  options = tf.data.Options()
-  options.deterministic = True  # Bit-identical batches across runs and resumes.
-  return ds.with_options(options).prefetch(AUTOTUNE)
+  return ds.with_options(options()).prefetch(AUTOTUNE)
 
 
-def normalise(x, mean, std):
-  return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+def to_pixels(images):
+  """float32 [..., 3] in [0, 1] (or uint8) -> uint8 0..255: what batches carry.
+
+  Rounded to the nearest level (resizing makes non-integer pixels); the device normalises them
+  (`token_learner.data.normalize`). A uint8 input is returned as it is.
+  """
+  if images.dtype == tf.uint8:
+    return images
+  return tf.cast(tf.round(tf.clip_by_value(images * 255.0, 0.0, 255.0)), tf.uint8)
 
 
 def resize(images, size):
@@ -178,13 +200,19 @@ def _positioned(first, stop, records: tf.data.Dataset) -> tf.data.Dataset:
       lambda q, r: (q, *r))
 
 
-def _keeps_row(global_batch: int, local_batch_size: int, row_block: int):
-  return lambda q, *_: (q % global_batch) // local_batch_size == row_block
+def _keep_rows(ds: tf.data.Dataset, global_batch: int, local_batch_size: int,
+               row_block: int) -> tf.data.Dataset:
+  """The elements (q, ...) of rows (q % global_batch) // local_batch_size == row_block: all of
+  them with one process (no filter, whose per-element call costs host time)."""
+  if local_batch_size == global_batch:
+    return ds
+  return ds.filter(lambda q, *_: (q % global_batch) // local_batch_size == row_block)
 
 
 def train_records(source: Source, seed: int, step: int, global_batch: int,
-                  local_batch_size: int, row_block: int) -> tf.data.Dataset:
-  """Endless (q, index, where, *payload): this process's rows of the stream from batch `step`."""
+                  local_batch_size: int, row_block: int, read: bool = True) -> tf.data.Dataset:
+  """Endless (q, index, where, *payload): this process's rows of the stream from batch `step`;
+  with `read=False` only (q, index) (random access: `source.read` adds the rest)."""
   n, start = source.size, step * global_batch
   first_epoch = start // n
 
@@ -192,7 +220,8 @@ def train_records(source: Source, seed: int, step: int, global_batch: int,
     offset = tf.maximum(start - e * n, 0)
     return _positioned(e * n + offset, (e + 1) * n, source.keys(e, offset, seed))
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max // n).flat_map(epoch)
-  return source.read(ds.filter(_keeps_row(global_batch, local_batch_size, row_block)))
+  ds = _keep_rows(ds, global_batch, local_batch_size, row_block)
+  return source.read(ds) if read else ds
 
 
 def sharded_train_records(shards, num_shards: int, seed: int, step: int,
@@ -225,7 +254,7 @@ def eval_records(source: Source, global_batch: int, local_batch_size: int,
                  row_block: int) -> tf.data.Dataset:
   """(q, index, where, *payload) of this process's rows of the eval split, in order."""
   ds = _positioned(0, source.size, source.keys())
-  return source.read(ds.filter(_keeps_row(global_batch, local_batch_size, row_block)))
+  return source.read(_keep_rows(ds, global_batch, local_batch_size, row_block))
 
 
 class BatchIterator:
@@ -237,6 +266,7 @@ class BatchIterator:
 
   def __init__(self, dataset: tf.data.Dataset, on_error: Callable[[int], None],
                num_skipped: int = 0):
+    self.dataset = dataset  # The tf.data pipeline (its options: `options()`).
     self._it = dataset.as_numpy_iterator()
     self._on_error = on_error
     self._batches = 0
@@ -260,6 +290,7 @@ class EvalInput:
 
   def __init__(self, dataset, on_error, num_batches: int, num_skipped: int = 0):
     self._dataset, self._on_error = dataset, on_error
+    self.dataset = dataset
     self.num_batches = num_batches  # Per pass, the same on every process.
     self.num_skipped = num_skipped
 
@@ -288,7 +319,8 @@ def train_batches(source: Source, process: Callable, check: Callable, *, seed: i
 
   `shards` ([(s, Source)]: this process's of `num_shards`): read from those shards only.
   `batched`: `process` maps whole batches of records (the same values as row by row), which
-  saves tf.data's per-element cost where that is most of the work (tiny in-memory images).
+  saves tf.data's per-element cost where that is most of the work (tiny in-memory images); a
+  random-access source then reads whole batches of keys too (`lookup` of index vectors).
   """
   if source.size == 0:
     raise ValueError(f'{source.description} has no usable examples.')
@@ -300,11 +332,17 @@ def train_batches(source: Source, process: Callable, check: Callable, *, seed: i
     if shards:
       return sharded_train_records(shards, num_shards, seed, step, global_batch)
     return train_records(source, seed, step, global_batch, local_batch_size, row_block)
-  ds = records(start_step)
-  if batched:
-    ds = ds.batch(local_batch_size, drop_remainder=True).map(process, num_parallel_calls=AUTOTUNE)
+  if batched and not shards:
+    keys = train_records(source, seed, start_step, global_batch, local_batch_size, row_block,
+                         read=False)
+    ds = source.read(keys.batch(local_batch_size, drop_remainder=True))
+    ds = ds.map(process, num_parallel_calls=AUTOTUNE)
+  elif batched:
+    ds = records(start_step).batch(local_batch_size, drop_remainder=True)
+    ds = ds.map(process, num_parallel_calls=AUTOTUNE)
   else:
-    ds = ds.map(process, num_parallel_calls=AUTOTUNE).batch(local_batch_size, drop_remainder=True)
+    ds = records(start_step).map(process, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(local_batch_size, drop_remainder=True)
   ds = with_options(ds)
 
   def on_error(batches_done):

@@ -157,12 +157,13 @@ def _parse(source: _VideoSource, cfg: VideoData, payload):
 
 
 def _take(source: _VideoSource, frames, indices):
-  """Frames at `indices` (looped modulo the length) as float32 [len(indices), h, w, 3] in [0, 1]."""
+  """Frames at `indices` (looped modulo the length) as uint8 [len(indices), h, w, 3]: cropped
+  in uint8, made float by the resize (`stream.resize`)."""
   frames = tf.gather(frames, indices % tf.shape(frames, out_type=indices.dtype)[0])
   if source.kind == 'serialized':  # Decode only the frames a clip uses, not the whole video.
     frames = tf.map_fn(lambda s: tf.io.decode_jpeg(s, channels=3), frames,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-  return tf.image.convert_image_dtype(frames, tf.float32)
+  return frames
 
 
 def _labels(ids, where, cfg: VideoData, num_classes: int):
@@ -237,7 +238,7 @@ def _processor(source: _VideoSource, cfg: VideoData, make_inputs):
     del index
     frames, ids = _parse(source, cfg, payload)
     inputs = make_inputs(q, frames, _num_frames(frames, where))
-    return {'inputs': stream.normalise(inputs, cfg.mean, cfg.std),
+    return {'inputs': stream.to_pixels(inputs),
             'labels': _labels(ids, where, cfg, source.num_classes)}
   return process
 
@@ -264,7 +265,7 @@ def _check(source: _VideoSource, cfg: VideoData):
 
 def train_iterator(cfg: VideoData, *, seed: int, start_step: int, global_batch: int,
                    local_batch: int, process_index: int, process_count: int):
-  """Endless {'inputs': f32 [L, T, H, W, 3], 'labels'} (see token_learner.data)."""
+  """Endless {'inputs': uint8 [L, T, H, W, 3], 'labels'} (see token_learner.data)."""
   del process_count
   source = _source(cfg, train=True)
   process = _processor(source, cfg, lambda q, frames, n: _train_clip(
@@ -276,7 +277,7 @@ def train_iterator(cfg: VideoData, *, seed: int, start_step: int, global_batch: 
 
 def eval_input(cfg: VideoData, *, global_batch: int, local_batch: int, process_index: int,
                process_count: int):
-  """Whole videos once per pass: {'inputs': f32 [L, V, T, H, W, 3], 'labels', 'mask'}."""
+  """Whole videos once per pass: {'inputs': uint8 [L, V, T, H, W, 3], 'labels', 'mask'}."""
   del process_count
   source = _source(cfg, train=False)
   process = _processor(source, cfg, lambda q, frames, n: _eval_views(source, cfg, frames, n))

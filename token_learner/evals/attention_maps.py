@@ -15,10 +15,12 @@ from token_learner import data
 from token_learner import diagnostics
 from token_learner import fields
 from token_learner import plots
+from token_learner.data.normalize import normalize
 
 
 def examples(data_cfg, split, num_examples):
-  """The first `num_examples` unpadded inputs of `split` (one view of each video)."""
+  """The first `num_examples` unpadded inputs of `split` (one view of each video): uint8
+  pixels, as batches carry them."""
   if split:
     data_cfg = data.from_dict({**fields.section_dict(data_cfg), 'eval_split': split},
                               num_classes=data_cfg.num_classes)
@@ -40,15 +42,21 @@ def _figure(experiment, x, maps, title):
   return plots.image_attention_figure(x, maps, title=title, **norm)
 
 
-def _attention_maps(experiment):
-  """`(params, inputs) -> [maps of each TokenLearner]`, jitted; an error if the model has none."""
+def _attention_maps(experiment, data_cfg=None):
+  """`(params, inputs) -> [maps of each TokenLearner]`, jitted; an error if the model has none.
+
+  uint8 inputs are normalised first with the mean / std of `data_cfg` (default: the run's
+  dataset), as in the train and eval steps."""
   model_cfg = experiment.model
   if not model_cfg.has_attention_maps:
     where = (f'config.model.bottleneck.module={model_cfg.bottleneck.module!r}'
              if model_cfg.name == 'bottleneck' else 'config.model.tokenlearner.num_tokens=0')
     raise ValueError(f'The model has no TokenLearner ({where}): there are no maps to draw.')
   model = build_model(model_cfg)
-  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)[1]['attention_maps'])
+  data_cfg = data_cfg or experiment.data
+  mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
+  return jax.jit(lambda p, x: model.apply({'params': p}, normalize(x, mean, std),
+                                          train=False)[1]['attention_maps'])
 
 
 def render(experiment, params, inputs, out):
@@ -74,7 +82,7 @@ class AttentionMapsEvaluator:
     del info
     self.name, self.every_steps = name, cfg.every_steps
     self._experiment = run.experiment
-    self._maps = _attention_maps(run.experiment)
+    self._maps = _attention_maps(run.experiment, data_cfg)
     self._inputs = examples(data_cfg, None, cfg.num_examples)
 
   def __call__(self, params):

@@ -6,7 +6,7 @@ gathered on the host. Video batches carry V views per video and are merged befor
 (`config.eval_average`; Tables 8, 9).
 """
 import functools
-from typing import Dict
+from typing import Dict, Sequence
 
 import jax
 from jax.experimental import multihost_utils
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from token_learner import data
+from token_learner.data.normalize import normalize
 from token_learner.train import losses
 from token_learner.train import metrics as metrics_lib
 from token_learner.train import sharding
@@ -21,8 +22,11 @@ from token_learner.train.config import TrainConfig
 
 
 def eval_step(params, batch: Dict[str, jax.Array], eval_metrics, *, model, cfg: TrainConfig,
-              multi_view: bool):
+              multi_view: bool, mean: Sequence[float], std: Sequence[float]):
   """Adds one global batch {'inputs', 'labels', 'mask'} to the running `eval_metrics`.
+
+  `inputs` are uint8 pixels, normalised first with the dataset's `mean` / `std`
+  (token_learner.data.normalize).
 
   Video eval batches carry V views per video, inputs [B, V, T, H, W, 3] (`multi_view`): the
   model sees every view and the V predictions are merged (`config.eval_average`) before any
@@ -33,7 +37,7 @@ def eval_step(params, batch: Dict[str, jax.Array], eval_metrics, *, model, cfg: 
     mAP ranks over the whole eval set, and with config.mean_per_class_accuracy; else None.
     Batches with 'real_labels' [B, K] (ImageNet ReaL) also add to real_accuracy.
   """
-  inputs = batch['inputs']
+  inputs = normalize(batch['inputs'], mean, std)
   if multi_view:
     b, v = inputs.shape[:2]
     inputs = inputs.reshape(b * v, *inputs.shape[2:])
@@ -52,10 +56,13 @@ def eval_step(params, batch: Dict[str, jax.Array], eval_metrics, *, model, cfg: 
   return eval_metrics.merge(update), (scores if gather else None)
 
 
-def compile_eval_step(model, cfg: TrainConfig, mesh, params_shardings, multi_view: bool):
-  """`eval_step` jitted with the params' shardings; metrics replicated."""
+def compile_eval_step(model, cfg: TrainConfig, mesh, params_shardings, multi_view: bool, *,
+                      mean: Sequence[float], std: Sequence[float]):
+  """`eval_step` jitted with the params' shardings; metrics replicated; `mean` / `std`: the
+  eval dataset's normalisation."""
   replicated = sharding.replicated(mesh)
-  return jax.jit(functools.partial(eval_step, model=model, cfg=cfg, multi_view=multi_view),
+  return jax.jit(functools.partial(eval_step, model=model, cfg=cfg, multi_view=multi_view,
+                                   mean=tuple(mean), std=tuple(std)),
                  in_shardings=(params_shardings, sharding.batch_sharding(mesh), replicated),
                  out_shardings=replicated)
 
@@ -91,7 +98,7 @@ class ClassificationEvaluator:
     self.name, self.every_steps = name, cfg.every_steps
     self._mesh = run.mesh
     self._step = compile_eval_step(run.model, run.cfg, run.mesh, run.state_shardings.params,
-                                   data_cfg.is_video)
+                                   data_cfg.is_video, mean=data_cfg.mean, std=data_cfg.std)
     self._input = data.eval_input(data_cfg, batch_size=cfg.batch_size or run.cfg.eval_batch_size,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())

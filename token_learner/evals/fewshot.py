@@ -20,6 +20,7 @@ import numpy as np
 
 from token_learner import data
 from token_learner import fields
+from token_learner.data.normalize import normalize
 from token_learner.train import sharding
 
 
@@ -57,9 +58,13 @@ def few_shot_accuracy(train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarr
   return out
 
 
-def compile_features(model, params_shardings, batch_sharding):
-  """`(params, inputs [B, ...]) -> pre-logit features [B, D]`, jitted with the run's shardings."""
-  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)[1]['pre_logits'],
+def compile_features(model, params_shardings, batch_sharding, *, mean, std):
+  """`(params, inputs [B, ...]) -> pre-logit features [B, D]`, jitted with the run's shardings;
+  uint8 inputs are normalised first with `mean` / `std` (token_learner.data.normalize)."""
+  mean, std = tuple(mean), tuple(std)
+  features = lambda p, x: model.apply({'params': p}, normalize(x, mean, std),
+                                      train=False)[1]['pre_logits']
+  return jax.jit(features,
                  in_shardings=(params_shardings, batch_sharding), out_shardings=batch_sharding)
 
 
@@ -81,7 +86,8 @@ class FewShotEvaluator:
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
     self._cfg, self._num_classes = cfg, info.num_classes
     self._sharding = sharding.batch_sharding(run.mesh)
-    self._features_fn = compile_features(run.model, run.state_shardings.params, self._sharding)
+    self._features_fn = compile_features(run.model, run.state_shardings.params, self._sharding,
+                                         mean=data_cfg.mean, std=data_cfg.std)
     self._inputs = [data.eval_input(split_cfg(split), batch_size=cfg.batch_size, **process)
                     for split in (cfg.train_split or data_cfg.train_split, data_cfg.eval_split)]
 

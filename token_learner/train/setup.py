@@ -67,11 +67,12 @@ class Run:
     return sharding.place(host_params, self.state_shardings.params, self.abstract_state.params)
 
   def synthetic_batch(self, batch_size: Optional[int] = None):
-    """A zero batch of the input shape on the mesh (benchmarks, FLOP counts)."""
+    """A zero batch of the input shape on the mesh (benchmarks, FLOP counts): uint8 pixels, as
+    the data layer's batches."""
     b = batch_size or self.cfg.batch_size
     labels = (jnp.zeros((b, self.cfg.num_classes), jnp.float32) if self.cfg.multi_label
               else jnp.zeros((b,), jnp.int32))
-    return jax.device_put({'inputs': jnp.zeros((b, *self.input_shape), jnp.float32),
+    return jax.device_put({'inputs': jnp.zeros((b, *self.input_shape), jnp.uint8),
                            'labels': labels}, self.batch_sharding)
 
 
@@ -104,7 +105,8 @@ def build(experiment, *, mesh: Optional[jax.sharding.Mesh] = None,
   abstract_state, state_shardings = sharding.abstract_train_state(
       init_rng, model, tx, experiment.model.input_shape, mesh, rules)
   compile_for = functools.partial(compile_step, model, tx, mesh=mesh,
-                                  state_shardings=state_shardings)
+                                  state_shardings=state_shardings, mean=experiment.data.mean,
+                                  std=experiment.data.std)
   accumulation_free = (compile_for(dataclasses.replace(cfg, grad_accum_steps=1))
                        if cfg.grad_accum_steps > 1 else None)
   return Run(experiment=experiment, cfg=cfg, mesh=mesh, model=model, tx=tx,

@@ -1,15 +1,19 @@
 """The train step: one pure, jitted optimizer update (`train_step`), and its jit (`compile`).
 
+Batches carry uint8 pixels; the step normalises them first (`normalize`, with the dataset's
+mean / std), so mixup and everything after it is float32 as before.
+
 Imports jax, flax's struct, optax and the library's losses only: a machine with the JAX stack and
 no TensorFlow, TFDS, clu or orbax runs it (the accelerator benchmarks do).
 """
 import functools
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from token_learner.data.normalize import normalize
 from token_learner.train import losses
 from token_learner.train import sharding
 from token_learner.train.config import TrainConfig
@@ -18,8 +22,12 @@ TrainState = sharding.TrainState
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *, model, tx,
-               cfg: TrainConfig) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               cfg: TrainConfig, mean: Sequence[float],
+               std: Sequence[float]) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer update on a global batch {'inputs': [B, ...], 'labels': [B] or [B, K]}.
+
+  `inputs` are uint8 pixels, normalised here with the dataset's `mean` / `std` (float inputs
+  are taken as normalised already; see token_learner.data.normalize).
 
   `rng` is the run's base key; the step's key is `fold_in(rng, state.step)`, so resuming needs
   no RNG state. With `grad_accum_steps` = k the batch is split into k micro-batches whose mean
@@ -27,7 +35,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   """
   rng = jax.random.fold_in(rng, state.step)
   mixup_rng, dropout_rng = jax.random.split(rng)
-  inputs = batch['inputs']
+  inputs = normalize(batch['inputs'], mean, std)
   targets = losses.dense_targets(batch['labels'], cfg.num_classes)
   if cfg.mixup_alpha > 0:
     inputs, targets = losses.mixup(mixup_rng, inputs, targets, cfg.mixup_alpha)
@@ -65,9 +73,12 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array, *
   return new_state, step_metrics
 
 
-def compile(model, tx, cfg: TrainConfig, mesh, state_shardings):  # pylint: disable=redefined-builtin
-  """`train_step` jitted with the state's shardings, batch rows over 'data', donated state."""
-  return jax.jit(functools.partial(train_step, model=model, tx=tx, cfg=cfg),
+def compile(model, tx, cfg: TrainConfig, mesh, state_shardings, *,  # pylint: disable=redefined-builtin
+            mean: Sequence[float], std: Sequence[float]):
+  """`train_step` jitted with the state's shardings, batch rows over 'data', donated state;
+  `mean` / `std`: the dataset's normalisation (config.dataset.mean / std)."""
+  return jax.jit(functools.partial(train_step, model=model, tx=tx, cfg=cfg, mean=tuple(mean),
+                                   std=tuple(std)),
                  in_shardings=(state_shardings, sharding.batch_sharding(mesh),
                                sharding.replicated(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
