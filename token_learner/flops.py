@@ -44,17 +44,19 @@ def counted_config(model_cfg: ModelConfig, *, keep_remat: bool = False) -> Model
 
   XLA counts a loop's body once, so scanned layers (`scan_layers`) are unrolled and the §6
   Vector Transformer's query chunks (a `lax.map`) are computed at once; an attention kernel XLA
-  does not see into (cuDNN's custom call counts 0 FLOPs; 'auto' may pick it) is replaced by the
-  'xla' implementation (the same einsums, counted). `remat` is dropped (its recomputation is not
+  does not see into (cuDNN's custom call counts 0 FLOPs; 'auto' may pick it, or the Pallas
+  kernel) is replaced by the 'einsum' implementation (the same products, counted). `remat` is dropped (its recomputation is not
   model FLOPs) unless `keep_remat` (the FLOPs the hardware runs).
   """
   changes = {}
+  if model_cfg.dtype != 'float32':  # A half dtype adds converts, which XLA counts as FLOPs.
+    changes['dtype'] = 'float32'
   if model_cfg.scan_layers:
     changes['scan_layers'] = False
   if model_cfg.remat != 'none' and not keep_remat:
     changes['remat'] = 'none'
-  if model_cfg.attention_implementation not in (None, 'xla'):
-    changes['attention_implementation'] = 'xla'
+  if model_cfg.attention_implementation not in (None, 'einsum'):
+    changes['attention_implementation'] = 'einsum'
   if model_cfg.name == 'bottleneck' and model_cfg.bottleneck.query_chunk:
     changes['bottleneck'] = dataclasses.replace(model_cfg.bottleneck, query_chunk=0)
   return dataclasses.replace(model_cfg, **changes) if changes else model_cfg
@@ -63,7 +65,7 @@ def counted_config(model_cfg: ModelConfig, *, keep_remat: bool = False) -> Model
 def count_flops_and_params(model_cfg: ModelConfig):
   """Returns `(gflops, num_params)`: multiply-adds / 1e9 at batch 1, and the parameter count.
 
-  Counted on `counted_config(model_cfg)` (unrolled layers, attention in einsums)."""
+  Counted on `counted_config(model_cfg)` (unrolled layers, attention as einsums)."""
   model_cfg = counted_config(model_cfg)
   model = build_model(model_cfg)
   params = abstract_params(model_cfg)

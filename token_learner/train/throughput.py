@@ -175,7 +175,8 @@ def train_step_flops(run, batch, *, recompute: bool = False) -> Optional[float]:
   state, _ = sharding.abstract_train_state(run.init_rng, model, run.tx, model_cfg.input_shape,
                                            run.mesh)
   cfg = dataclasses.replace(run.cfg, grad_accum_steps=1)
-  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=run.tx, cfg=cfg))
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=run.tx, cfg=cfg,
+                                   mean=run.experiment.data.mean, std=run.experiment.data.std))
   return compiled_flops(step.lower(_abstract(state), _abstract(batch),
                                    _abstract(run.dropout_rng)))
 
