@@ -52,6 +52,12 @@ def linear(in_features: int, out_features: int, axes, dtype, rngs, *, use_bias=T
                     bias_init=partitioned(bias_init, axes[1:]), rngs=rngs)
 
 
+def dropout(rate: float, rngs: nnx.Rngs, **kwargs) -> nnx.Dropout:
+  """`nnx.Dropout`; without an RNG stream at rate 0 (an identity: fewer graph nodes, so a
+  faster `nnx.jit` call)."""
+  return nnx.Dropout(rate, rngs=rngs if rate else None, **kwargs)
+
+
 class TokenLearner(nnx.Module):
   """TokenLearner v1 (§2.1, §3.1): conv attention maps with a sigmoid, Eq. 1.
 
@@ -107,7 +113,7 @@ class TokenLearnerV11(nnx.Module):
     self.LayerNorm_0 = layer_norm(in_features, dtype, rngs)
     self.Dense_0 = linear(in_features, bottleneck_dim, ('embed', 'mlp'), dtype, rngs)
     self.Dense_1 = linear(bottleneck_dim, num_tokens, ('mlp', None), dtype, rngs)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout = dropout(dropout_rate, rngs)
 
   def __call__(self, x, grid_shape=None, *, train: bool = False):
     frames, grid, is_video = to_frames(x, grid_shape)
@@ -150,7 +156,7 @@ class TokenFuser(nnx.Module):
     self.LayerNorm_2 = layer_norm(in_features, dtype, rngs)
     self.Dense_0 = linear(in_features, mlp_dim, ('embed', 'mlp'), dtype, rngs)
     self.Dense_1 = linear(mlp_dim, num_tokens, ('mlp', None), dtype, rngs)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout = dropout(dropout_rate, rngs)
 
   def __call__(self, tokens, residual, grid_shape=None, *, train: bool = False):
     frames, _, _ = to_frames(residual, grid_shape)

@@ -34,8 +34,8 @@ from token_learner import encoder_plan
 from token_learner import layer_scan
 from token_learner.model_config import ModelConfig
 from token_learner.modules import float32_attention
-from token_learner.nnx.modules import (TokenFuser, TokenLearner, TokenLearnerV11, layer_norm,
-                                       linear, partitioned)
+from token_learner.nnx.modules import (TokenFuser, TokenLearner, TokenLearnerV11, dropout,
+                                       layer_norm, linear, partitioned)
 from token_learner.vit import _join, _map_grid, _split, fast_attention
 
 Dtype = Any
@@ -50,7 +50,7 @@ class MlpBlock(nnx.Module):
                 bias_init=nnx.initializers.normal(stddev=1e-6))
     self.Dense_0 = linear(features, mlp_dim, ('embed', 'mlp'), dtype, rngs, **init)
     self.Dense_1 = linear(mlp_dim, features, ('mlp', 'embed'), dtype, rngs, **init)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout = dropout(dropout_rate, rngs)
     self.gelu_approximate = gelu_approximate
 
   def __call__(self, x, *, train: bool):
@@ -86,7 +86,7 @@ class SelfAttention(nnx.Module):
                                       rngs=rngs))
     self.out = _Projection((num_heads, d), (features,), ('heads', 'kv', 'embed'), rngs=rngs)
     self.dtype, self.implementation = dtype, implementation
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout = dropout(dropout_rate, rngs)
 
   def __call__(self, x, *, train: bool):
     dtype = self.dtype or x.dtype
@@ -121,8 +121,8 @@ class EncoderBlock(nnx.Module):
     self.LayerNorm_2 = layer_norm(c, dtype, rngs, layernorm_epsilon)
     self.MlpBlock_3 = MlpBlock(c, cfg.mlp_dim, cfg.dropout_rate, dtype, gelu_approximate,
                                rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
-    self.droppath = nnx.Dropout(droppath_rate, broadcast_dims=(1, 2), rngs=rngs)
+    self.dropout = dropout(cfg.dropout_rate, rngs)
+    self.droppath = dropout(droppath_rate, rngs, broadcast_dims=(1, 2))
 
   def __call__(self, x, *, train: bool):
     y = self.MultiHeadDotProductAttention_1(self.LayerNorm_0(x), train=train)
@@ -163,7 +163,7 @@ class Encoder(nnx.Module):
     num_prefix = int(cfg.classifier == 'token')
     self.posembed_input = _PositionEmbedding(num_prefix + math.prod(cfg.grid_shape), c,
                                              rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.dropout = dropout(cfg.dropout_rate, rngs)
     for step in self.plan:
       if isinstance(step, (encoder_plan.Learn, encoder_plan.LearnAndFuse)):
         if step.version == 'v1':
