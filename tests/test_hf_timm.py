@@ -145,7 +145,8 @@ def hf_checkpoint(grid=IMAGE // PATCH, head=True, seed=0):
                      f'{s}.attention.attention.{n}.bias': (D,)})
     shapes.update({f'{s}.attention.output.dense.weight': (D, D),
                    f'{s}.attention.output.dense.bias': (D,),
-                   f'{s}.intermediate.dense.weight': (MLP, D), f'{s}.intermediate.dense.bias': (MLP,),
+                   f'{s}.intermediate.dense.weight': (MLP, D),
+                   f'{s}.intermediate.dense.bias': (MLP,),
                    f'{s}.output.dense.weight': (D, MLP), f'{s}.output.dense.bias': (D,)})
   shapes.update({f'{p}layernorm.weight': (D,), f'{p}layernorm.bias': (D,)})
   if head:

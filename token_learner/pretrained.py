@@ -3,8 +3,9 @@
     params = init_from(params, config.init_from, model_cfg)   # after model.init, before training
 
 `config.init_from` is an `InitConfig`: path ('' = nothing to load), kind ('vit_npz' |
-'checkpoint' | 'hf_vit' | 'timm_vit': Hugging Face / timm `.safetensors`, token_learner/hf_timm.py), inflation ('central_frame' | 'average'), load_head (False: the head is re-created
-for the new classes).
+'checkpoint' | 'hf_vit' | 'timm_vit': Hugging Face / timm `.safetensors` mapped by
+token_learner/hf_timm.py, then as 'vit_npz'), inflation ('central_frame' | 'average'), load_head
+(False: the head is re-created for the new classes).
 
 §5.2: "The weights of the initial convolutional layers to handle image patches (e.g., 16x16) are
 processed to handle 16x16x2 video patches by following the 3D initialization strategies of ViViT,

@@ -33,6 +33,7 @@ from flax import nnx
 from token_learner import encoder_plan
 from token_learner import layer_scan
 from token_learner.model_config import ModelConfig
+from token_learner.nnx.convert import from_linen_params, to_linen_params
 from token_learner.modules import float32_attention
 from token_learner.nnx.modules import (TokenFuser, TokenLearner, TokenLearnerV11, dropout,
                                        layer_norm, linear, partitioned)
@@ -282,7 +283,6 @@ def insert_tokenlearner(model: ViT, *, rngs: nnx.Rngs, **tokenlearner) -> ViT:
     ValueError: for an invalid TokenLearner config (ModelConfig's message), or when a copied
       parameter's shape differs.
   """
-  from token_learner.nnx.convert import from_linen_params, to_linen_params  # pylint: disable=g-import-not-at-top
   cfg = model.config
   tl = dataclasses.replace(cfg.tokenlearner, **tokenlearner)
   new_cfg = dataclasses.replace(cfg, tokenlearner=tl)
