@@ -28,6 +28,7 @@ MODEL_IMPORTS = [
      'from token_learner import TokenLearner, TokenLearnerV11, TokenFuser, build_model'),
     ('the dataset dataclasses', 'import token_learner.data.config'),
     ('the init_from dataclass', 'from token_learner.init_config import InitConfig'),
+    ('the Hugging Face / timm key mapping', 'import token_learner.hf_timm'),
 ]
 
 _CONFIGS = textwrap.dedent("""\
@@ -43,6 +44,8 @@ _CONFIGS = textwrap.dedent("""\
 # (description, code run in a fresh interpreter from the repository root) held to FORBIDDEN.
 LIGHT_IMPORTS = [
     ('the data layer (no data read)', 'from token_learner import data'),
+    # flax.nnx itself imports optax (flax.nnx.helpers), so the NNX layer is held to FORBIDDEN.
+    ('the NNX modules and models', 'import token_learner.nnx'),
     ('the config boundary', 'import token_learner.experiment'),
     ('every configs/*.py get_config()', _CONFIGS.format('module.get_config()')),
     ('experiment.from_config of every config',

@@ -19,17 +19,25 @@ def _blocks(section):
   return re.findall(r'^```(\w*)\n(.*?)^```$', section, flags=re.S | re.M)
 
 
-def test_readme_program_runs(tmp_path, subprocess_env):
-  with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
-    blocks = _blocks(_section(f.read(), HEADING))
-  programs = [code for language, code in blocks if language == 'python']
-  assert len(programs) == 1, f'expected one python block under {HEADING!r}, got {len(programs)}'
-  script = tmp_path / 'readme_example.py'
-  script.write_text(programs[0])
-  env = dict(subprocess_env(), PYTHONPATH=REPO)  # the repository's package, run from elsewhere
+def _run(tmp_path, code, env, name):
+  script = tmp_path / name
+  script.write_text(code)
   proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  # The output the README shows is the output the program prints.
-  shown = [code for language, code in blocks if language == '' and 'TokenLearner:' in code]
-  assert shown and proc.stdout == shown[0], (proc.stdout, shown)
+  return proc.stdout
+
+
+def test_readme_program_runs(tmp_path, subprocess_env):
+  """The section's programs: the linen one, then the Flax NNX one (its own subsection); each
+  prints what the README shows after it."""
+  with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
+    blocks = _blocks(_section(f.read(), HEADING))
+  programs = [code for language, code in blocks if language == 'python']
+  assert len(programs) == 2, f'expected two python blocks under {HEADING!r}, got {len(programs)}'
+  env = dict(subprocess_env(), PYTHONPATH=REPO)  # the repository's package, run from elsewhere
+  for i, (program, marker) in enumerate(zip(programs, ('TokenLearner:', 'NNX TokenLearner:'))):
+    out = _run(tmp_path, program, env, f'readme_example_{i}.py')
+    # The output the README shows is the output the program prints.
+    shown = [code for language, code in blocks if language == '' and code.startswith(marker)]
+    assert shown and out == shown[0], (out, shown)

@@ -4,7 +4,8 @@
 
 Beside the models: `experiment` (the config boundary), `data` (the input layer), `train` (what
 the training loop of `trainer.py` calls), `pretrained` (public ViT and project checkpoints) and
-`flops` (the paper's FLOPs convention).
+`flops` (the paper's FLOPs convention). Flax NNX versions of the modules and models, with
+linen <-> NNX parameter conversion: `token_learner.nnx`.
 """
 from token_learner.model_config import ModelConfig
 from token_learner.modules import TokenFuser, TokenLearner, TokenLearnerV11

@@ -8,14 +8,16 @@ import dataclasses
 
 from token_learner import fields
 
-KINDS = ('vit_npz', 'checkpoint')
+KINDS = ('vit_npz', 'checkpoint', 'hf_vit', 'timm_vit')  # hf_vit / timm_vit: .safetensors
 INFLATIONS = ('central_frame', 'average')
 
 
 @dataclasses.dataclass(frozen=True)
 class InitConfig:
   """`config.init_from`: where the initial weights come from ('' = a fresh initialisation)."""
-  path: str = ''  # a .npz (vit_jax / big_vision / save_npz) or a workdir / checkpoint folder
+  # a .npz (vit_jax / big_vision / save_npz), a workdir / checkpoint folder, or (hf_vit,
+  # timm_vit) a .safetensors file or a folder with model.safetensors
+  path: str = ''
   kind: str = fields.field('vit_npz', choices=KINDS)
   inflation: str = fields.field('central_frame', choices=INFLATIONS)  # image -> video kernel
   load_head: bool = False  # False: the head is re-created for the new task

@@ -3,8 +3,9 @@
     params = init_from(params, config.init_from, model_cfg)   # after model.init, before training
 
 `config.init_from` is an `InitConfig`: path ('' = nothing to load), kind ('vit_npz' |
-'checkpoint'), inflation ('central_frame' | 'average'), load_head (False: the head is re-created
-for the new classes).
+'checkpoint' | 'hf_vit' | 'timm_vit': Hugging Face / timm `.safetensors` mapped by
+token_learner/hf_timm.py, then as 'vit_npz'), inflation ('central_frame' | 'average'), load_head
+(False: the head is re-created for the new classes).
 
 §5.2: "The weights of the initial convolutional layers to handle image patches (e.g., 16x16) are
 processed to handle 16x16x2 video patches by following the 3D initialization strategies of ViViT,
@@ -49,6 +50,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from token_learner import hf_timm
 from token_learner import layer_scan
 from token_learner.init_config import INFLATIONS, KINDS, InitConfig  # pylint: disable=unused-import
 from token_learner.model_config import ModelConfig
@@ -65,6 +67,9 @@ def check_path(init: InitConfig):
   """Raises a ValueError naming config.init_from.path if it cannot be read (run before anything
   is compiled): a `.npz` file, or for kind 'checkpoint' also a checkpoint folder."""
   if not init.path:
+    return
+  if init.kind in hf_timm.KINDS:
+    hf_timm.safetensors_files(init.path)  # A ValueError naming the path (and pickles refused).
     return
   if init.path.endswith('.npz'):
     ok = os.path.isfile(init.path)
@@ -293,5 +298,8 @@ def init_from(params, init: InitConfig, model_cfg: ModelConfig):
   if not init.path:
     return params
   logging.info('Initialising from %s (%s, inflation %s)', init.path, init.kind, init.inflation)
-  return map_params(params, load_flat(init.path, init.kind), model_cfg, init.inflation,
-                    init.load_head)
+  if init.kind in hf_timm.KINDS:
+    src = hf_timm.load_flat(init.path, init.kind, model_cfg.num_heads)
+  else:
+    src = load_flat(init.path, init.kind)
+  return map_params(params, src, model_cfg, init.inflation, init.load_head)
