@@ -34,10 +34,9 @@ from token_learner import encoder_plan
 from token_learner import layer_scan
 from token_learner.model_config import ModelConfig
 from token_learner.nnx.convert import from_linen_params, to_linen_params
-from token_learner.modules import float32_attention
 from token_learner.nnx.modules import (TokenFuser, TokenLearner, TokenLearnerV11, dropout,
                                        layer_norm, linear, partitioned)
-from token_learner.vit import _join, _map_grid, _split, fast_attention
+from token_learner.vit import _join, _map_grid, _split, attention, resolve_attention
 
 Dtype = Any
 
@@ -75,9 +74,9 @@ class _Projection(nnx.Module):
 
 class SelfAttention(nnx.Module):
   """Multi-head self-attention on `[B, N, C]` with the parameters of flax's
-  `MultiHeadDotProductAttention` (`query`/`key`/`value` `[C, H, D]`, `out` `[H, D, C]`); logits
-  and softmax in float32 (implementation None, as `token_learner.modules.float32_attention`) or
-  `jax.nn.dot_product_attention` ('xla' / 'cudnn')."""
+  `MultiHeadDotProductAttention` (`query`/`key`/`value` `[C, H, D]`, `out` `[H, D, C]`); the
+  linen model's implementations (`token_learner.vit.attention`, 'auto' resolved the same way),
+  logits and softmax in float32; attention dropout through the einsums."""
 
   def __init__(self, features: int, num_heads: int, dtype, dropout_rate: float,
                implementation: Optional[str], *, rngs: nnx.Rngs):
@@ -95,16 +94,18 @@ class SelfAttention(nnx.Module):
     proj = lambda p: jnp.einsum('bnc,chd->bnhd', x, p.kernel[...].astype(dtype)) + \
         p.bias[...].astype(dtype)
     q, k, v = proj(self.query), proj(self.key), proj(self.value)
-    if self.implementation is None and not (train and self.dropout.rate > 0):
-      y = float32_attention(q, k, v, broadcast_dropout=False, deterministic=True)
-    elif self.implementation is None:  # Attention dropout on the weights, as flax's.
+    impl = self.implementation
+    if impl == 'auto':
+      impl = resolve_attention(jax.default_backend(), dtype, train, x.shape[-2], self.dropout.rate)
+    with_dropout = train and self.dropout.rate > 0
+    if not (impl in (None, 'einsum') and with_dropout):
+      y = attention(q, k, v, impl)
+    else:  # Attention dropout on the weights, as flax's.
       f32 = lambda a: a.astype(jnp.float32)
       q = f32(q) / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
       weights = jax.nn.softmax(jnp.einsum('bqhd,bkhd->bhqk', q, f32(k)), axis=-1)
       weights = self.dropout(weights, deterministic=not train)
       y = jnp.einsum('bhqk,bkhd->bqhd', weights, f32(v)).astype(v.dtype)
-    else:
-      y = fast_attention(q, k, v, self.implementation)
     return jnp.einsum('bnhd,hdc->bnc', y, self.out.kernel[...].astype(dtype)) + \
         self.out.bias[...].astype(dtype)
 
