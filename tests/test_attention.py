@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from token_learner import build_model
-from token_learner import vit
+from token_learner import attention as attention_lib
 from token_learner.model_config import ModelConfig
 from token_learner.modules import einsum_attention
-from token_learner.vit import SelfAttention
+from token_learner.attention import SelfAttention
 
 LEVERS = [('einsum', False), ('einsum', True), ('xla', False), ('xla', True), ('auto', False),
           (None, False)]
@@ -50,13 +50,13 @@ def _qkv(shape, dtype, seed=0, scale=2.0):
 def _pallas(q, k, v):
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
   with pltpu.force_tpu_interpret_mode():
-    return vit.pallas_attention(q, k, v)
+    return attention_lib.pallas_attention(q, k, v)
 
 
 def _run(implementation, q, k, v):
   if implementation == 'pallas':
     return _pallas(q, k, v)
-  return vit.attention(q, k, v, implementation)
+  return attention_lib.attention(q, k, v, implementation)
 
 
 @pytest.mark.parametrize('implementation,fused', LEVERS)
@@ -107,8 +107,8 @@ def test_pallas_gradients_match_einsum():
   loss = lambda f: lambda *a: jnp.sum(f(*a) * ct)
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
   with pltpu.force_tpu_interpret_mode():
-    got = jax.grad(loss(vit.pallas_attention), argnums=(0, 1, 2))(q, k, v)
-  want = jax.grad(loss(lambda *a: vit.attention(*a, 'einsum')), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss(attention_lib.pallas_attention), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss(lambda *a: attention_lib.attention(*a, 'einsum')), argnums=(0, 1, 2))(q, k, v)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-4)
 
@@ -117,7 +117,7 @@ def test_cudnn_matches_a_float64_reference():
   if jax.default_backend() != 'gpu':
     pytest.skip('accelerator-only: cuDNN flash attention needs a GPU backend')
   q, k, v = _qkv((2, 200, 2, 64), 'bfloat16')
-  got = vit.attention(q, k, v, 'cudnn')
+  got = attention_lib.attention(q, k, v, 'cudnn')
   want = _numpy_sdpa(q, k, v)
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(got, np.float64), want,
@@ -151,15 +151,15 @@ def test_bfloat16_attention_never_upcasts_qkv(implementation, train):
   gradient is JAX's autodiff, float32 cotangents times bfloat16 q / k: 'auto' does not train
   with it.)"""
   q, k, v = _qkv((1, 48, 2, 16), 'bfloat16')
-  impl = (vit.resolve_attention(jax.default_backend(), q.dtype, train, q.shape[1])
+  impl = (attention_lib.resolve_attention(jax.default_backend(), q.dtype, train, q.shape[1])
           if implementation == 'auto' else implementation)
-  fn = lambda q, k, v: jnp.sum(vit.attention(q, k, v, impl).astype(jnp.float32))
+  fn = lambda q, k, v: jnp.sum(attention_lib.attention(q, k, v, impl).astype(jnp.float32))
   for f in (fn, jax.grad(fn, argnums=(0, 1, 2))) if train else (fn,):
     found = dots(f, q, k, v)
     assert found and all(d == (jnp.bfloat16, jnp.bfloat16) for d, _, _ in found), found
     logits = [a for _, p, a in found if a.shape.count(48) == 2]  # [B, H, (1,) N, N]
     assert logits and all(a.dtype == jnp.float32 for a in logits[:1]), found
-  upcasts = [e for e in _eqns(jax.make_jaxpr(lambda *a: vit.attention(*a, impl))(q, k, v))
+  upcasts = [e for e in _eqns(jax.make_jaxpr(lambda *a: attention_lib.attention(*a, impl))(q, k, v))
              if e.primitive.name == 'convert_element_type' and e.invars[0].aval.shape == q.shape
              and e.outvars[0].aval.dtype == jnp.float32]
   assert not upcasts
@@ -194,14 +194,14 @@ def test_einsum_attention_dropout_is_flax_s():
     ('cpu', 'float32', True, 197, 0.1, 'einsum'),
 ])
 def test_resolve_attention(backend, dtype, train, n, rate, want):
-  assert vit.resolve_attention(backend, jnp.dtype(dtype), train, n, rate,
+  assert attention_lib.resolve_attention(backend, jnp.dtype(dtype), train, n, rate,
                                pallas_available=True) == want
 
 
 def test_resolve_attention_without_pallas_is_xla_on_tpu():
-  assert vit.resolve_attention('tpu', jnp.bfloat16, False, 3136, 0.0,
+  assert attention_lib.resolve_attention('tpu', jnp.bfloat16, False, 3136, 0.0,
                                pallas_available=False) == 'xla'
-  assert vit._pallas_flash_attention() is not None  # pylint: disable=protected-access  # JAX 0.10.2
+  assert attention_lib._pallas_flash_attention() is not None  # pylint: disable=protected-access  # JAX 0.10.2
 
 
 def test_auto_is_the_default_and_none_means_einsum():

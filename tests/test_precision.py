@@ -11,7 +11,7 @@ import pytest
 import conftest  # tests/ is on sys.path (as in test_faults.py)
 from test_attention import dots
 from token_learner import experiment
-from token_learner import vit
+from token_learner import attention as attention_lib
 from token_learner.train import setup
 
 # The paper's experiments (§3-§6): ImageNet, ImageNet-21k / JFT-style pretraining, Kinetics,
@@ -76,7 +76,7 @@ def test_activations_are_bfloat16_and_logits_float32(bf16_run):
   x = jnp.ones((2, *run.input_shape), jnp.float32)
   (logits, aux), state = run.model.apply(
       {'params': params}, x, train=True, rngs={'dropout': jax.random.key(0)},
-      capture_intermediates=lambda mdl, _: not isinstance(mdl, vit._DenseParams),  # pylint: disable=protected-access
+      capture_intermediates=lambda mdl, _: not isinstance(mdl, attention_lib._DenseParams),  # pylint: disable=protected-access
       mutable=['intermediates'])
   assert logits.dtype == jnp.float32
   assert all(a.dtype == jnp.bfloat16 for a in _floating(aux))  # pre-logits, TokenLearner maps

@@ -176,7 +176,7 @@ class VectorTransformer(nn.Module):
 
 class PreNormMHSA(nn.Module):
   """A residual pre-norm MHSA layer, x + MHSA(LayerNorm(x)), on `[B, N, d]` (qkv width
-  `qkv_features`, default d). Not the ViT's `token_learner.vit.SelfAttention` (no residual, no
+  `qkv_features`, default d). Not the ViT's `token_learner.attention.SelfAttention` (no residual, no
   norm, its own levers); callers name it explicitly ('joint_mhsa', 'token_mhsa', ...)."""
   num_heads: int = 8
   qkv_features: Optional[int] = None  # None: the input width

@@ -32,7 +32,7 @@ FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
 DTYPES = ('float32', 'bfloat16', 'float16')
-# token_learner.vit.IMPLEMENTATIONS; None: 'einsum' (its name in configs stored before 'auto').
+# token_learner.attention.IMPLEMENTATIONS; None: 'einsum' (its name in configs stored before 'auto').
 ATTENTION_IMPLEMENTATIONS = ('auto', 'einsum', 'xla', 'cudnn', 'pallas', None)
 REMATS = ('none', 'full', 'dots')  # 'none' + token_learner.layer_scan.REMAT_POLICIES
 _TL = 'config.model.tokenlearner'
@@ -149,8 +149,8 @@ class ModelConfig:
   # Compute dtype of the activations ('bfloat16': the paper configs); parameters, optimizer
   # state, logits, attention softmax statistics and losses stay float32 whatever it is.
   dtype: str = field('float32', choices=DTYPES)
-  # Attention of the encoder blocks (token_learner.vit.attention): 'auto' picks per backend
-  # (vit.resolve_attention: cuDNN flash on GPU in half precision, the Pallas flash kernel on TPU
+  # Attention of the encoder blocks (token_learner.attention.attention): 'auto' picks per backend
+  # (attention.resolve_attention: cuDNN flash on GPU in half precision, the Pallas flash kernel on TPU
   # for >= 1024 tokens, 'xla' / 'einsum' on CPU); 'einsum' (None: the same) = two einsums, the
   # only one with attention dropout; 'xla' / 'cudnn' = jax.nn.dot_product_attention ('cudnn':
   # GPU, bfloat16/float16); 'pallas' = TPU flash kernel. q/k/v stay in `dtype`, logits and

@@ -36,7 +36,8 @@ from token_learner.model_config import ModelConfig
 from token_learner.nnx.convert import from_linen_params, to_linen_params
 from token_learner.nnx.modules import (TokenFuser, TokenLearner, TokenLearnerV11, dropout,
                                        layer_norm, linear, partitioned)
-from token_learner.vit import _join, _map_grid, _split, attention, resolve_attention
+from token_learner.attention import attention, resolve_attention
+from token_learner.vit import _join, _map_grid, _split
 
 Dtype = Any
 
@@ -75,7 +76,7 @@ class _Projection(nnx.Module):
 class SelfAttention(nnx.Module):
   """Multi-head self-attention on `[B, N, C]` with the parameters of flax's
   `MultiHeadDotProductAttention` (`query`/`key`/`value` `[C, H, D]`, `out` `[H, D, C]`); the
-  linen model's implementations (`token_learner.vit.attention`, 'auto' resolved the same way),
+  linen model's implementations (`token_learner.attention.attention`, 'auto' resolved the same way),
   logits and softmax in float32; attention dropout through the einsums."""
 
   def __init__(self, features: int, num_heads: int, dtype, dropout_rate: float,
