@@ -177,8 +177,8 @@ def child_vivit_memory(s):
   from token_learner.train import setup  # pylint: disable=g-import-not-at-top
   exp = experiment_dict(s, 'vivit_memory')
   run = setup.build(exp, devices=jax.devices()[:1])
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.batch_sharding),
-                       jax.eval_shape(run.synthetic_batch))
+  spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.batch_sharding)
+  batch = jax.tree.map(spec, jax.eval_shape(run.synthetic_batch))
   start = time.perf_counter()
   mem = run.train_step.lower(run.abstract_state, batch, run.dropout_rng).compile().memory_analysis()
   compile_s = time.perf_counter() - start
