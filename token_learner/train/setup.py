@@ -57,10 +57,10 @@ class Run:
     return tuple(self.experiment.model.input_shape)
 
   def init_state(self) -> sharding.TrainState:
-    """A fresh state (step 0), initialised directly in its shards."""
-    state, _ = sharding.create_train_state(self.init_rng, self.model, self.tx, self.input_shape,
-                                           self.mesh, self.rules)
-    return state
+    """A fresh state (step 0), initialised directly in its shards (no second trace of the
+    model for the shardings: the Run holds them)."""
+    return sharding.init_train_state(self.init_rng, self.model, self.tx, self.input_shape,
+                                     self.state_shardings)
 
   def place_params(self, host_params):
     """Host (numpy) parameters as global arrays sharded like the state's parameters."""

@@ -173,11 +173,16 @@ def abstract_train_state(rng, model, tx, input_shape, mesh, rules=()):
                       abstract, shardings), shardings
 
 
+def init_train_state(rng, model, tx, input_shape, shardings):
+  """The state initialised directly in `shardings` (those of `abstract_train_state`)."""
+  init = functools.partial(_init, model=model, tx=tx, input_shape=tuple(input_shape))
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
 def create_train_state(rng, model, tx, input_shape, mesh, rules=()):
   """Initialises the state directly in its shards; returns (state, state_shardings)."""
   _, shardings = abstract_train_state(rng, model, tx, input_shape, mesh, rules)
-  init = functools.partial(_init, model=model, tx=tx, input_shape=tuple(input_shape))
-  return jax.jit(init, out_shardings=shardings)(rng), shardings
+  return init_train_state(rng, model, tx, input_shape, shardings), shardings
 
 
 def to_host(arrays):
