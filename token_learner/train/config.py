@@ -22,6 +22,10 @@ SHARDINGS = ('replicated', 'fsdp', 'tp', 'fsdp_tp')  # token_learner.train.shard
 MESH_AXES = ('data', 'model')
 # Device mesh (data, model) sizes; -1: the rest. Also `sharding.create_mesh`'s default.
 MESH_SHAPE = (-1, 1)
+# The part of the mesh across TPU slices (multi-slice); also `sharding.create_mesh`'s default.
+DCN_MESH_SHAPE = (-1, 1)
+# JAX's persistent compilation cache (token_learner/train/compile_cache.py); '' turns it off.
+COMPILATION_CACHE_DIR = '~/.cache/token_learner/jax_cache'
 field = fields.field
 
 
@@ -54,14 +58,21 @@ class TrainConfig:
   checkpoint_every_steps: int = 0  # 0: only at the end
   keep_checkpoints: int = field(3, minimum=1)
   profile_steps: int = 0
-  # Device mesh (data, model) sizes; -1: the rest. Batches are split over 'data' only.
+  # Device mesh (data, model) sizes; -1: the rest. Batches are split over 'data' only. Laid out
+  # on the chips' torus by jax's mesh_utils (token_learner/train/sharding.py).
   mesh_shape: Tuple[int, int] = field(MESH_SHAPE, custom=True)
+  # Multi-slice TPU: the (data, model) factor of mesh_shape that spans slices (over the slower
+  # data-center network); -1: the rest of the slices. The default: data parallel across slices.
+  dcn_mesh_shape: Tuple[int, int] = field(DCN_MESH_SHAPE, custom=True)
   # Named rule set (SHARDINGS): 'replicated' (data parallel), 'fsdp' (big parameters and their
   # optimizer state over 'data'), 'tp' (Megatron tensor parallel over 'model') or 'fsdp_tp'.
   sharding: str = field('replicated', choices=SHARDINGS)
   # (regex on the parameter path, PartitionSpec as a tuple) pairs, tried before the set's rules;
   # the first match wins.
   sharding_rules: Tuple[Tuple[str, Tuple[Any, ...]], ...] = field((), custom=True)
+  # A local folder or a URL (gs://..., shared by a pod's hosts) where compiled steps are kept
+  # for the next start; '' turns it off; JAX_COMPILATION_CACHE_DIR, when set, wins.
+  compilation_cache_dir: str = COMPILATION_CACHE_DIR
   num_classes: int = fields.derived(1)  # config.model.num_classes (validated there)
 
   def __post_init__(self):
@@ -76,6 +87,7 @@ class TrainConfig:
       raise ValueError('config.mean_per_class_accuracy needs single-label data, not '
                        f'config.loss={self.loss!r}')
     fields.set_field(self, 'mesh_shape', _mesh_shape(self.mesh_shape))
+    fields.set_field(self, 'dcn_mesh_shape', _mesh_shape(self.dcn_mesh_shape, 'dcn_mesh_shape'))
     fields.set_field(self, 'sharding_rules', _sharding_rules(self.sharding_rules))
 
   @property
@@ -103,13 +115,14 @@ class TrainConfig:
     return dataclasses.replace(self, num_train_steps=steps)
 
 
-def _mesh_shape(shape) -> Tuple[int, int]:
+def _mesh_shape(shape, name: str = 'mesh_shape') -> Tuple[int, int]:
   ok = (isinstance(shape, (tuple, list)) and len(shape) == 2
         and all(isinstance(s, int) and not isinstance(s, bool) and (s == -1 or s >= 1)
                 for s in shape) and list(shape).count(-1) <= 1)
   if not ok:
-    raise ValueError(f'config.mesh_shape={shape!r} must be (data, model): two ints >= 1, at '
-                     'most one of them -1 (the rest of the devices), e.g. (-1, 4)')
+    rest = 'slices' if name == 'dcn_mesh_shape' else 'devices'
+    raise ValueError(f'config.{name}={shape!r} must be (data, model): two ints >= 1, at '
+                     f'most one of them -1 (the rest of the {rest}), e.g. (-1, 4)')
   return tuple(shape)
 
 

@@ -77,8 +77,10 @@ class Run:
 
 
 def create_mesh(experiment, devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
-  """The ('data', 'model') mesh of `config.mesh_shape` over `devices` (default: all)."""
-  return sharding.create_mesh(devices, experiment.train.mesh_shape)
+  """The ('data', 'model') mesh of `config.mesh_shape` over `devices` (default: all), laid out
+  on the chips' interconnect, across TPU slices as `config.dcn_mesh_shape` says."""
+  return sharding.create_mesh(devices, experiment.train.mesh_shape,
+                              dcn_mesh_shape=experiment.train.dcn_mesh_shape)
 
 
 def build(experiment, *, mesh: Optional[jax.sharding.Mesh] = None,

@@ -1,7 +1,8 @@
 """The device mesh, partition rules and the train state, created directly in its shards.
 
-The mesh is 2-D, axes ('data', 'model') of sizes `config.mesh_shape`; batch rows are split over
-'data' and replicated over 'model'. A parameter's PartitionSpec comes from the first
+The mesh is 2-D, axes ('data', 'model') of sizes `config.mesh_shape`, laid out on the chips'
+interconnect by jax's mesh_utils (across TPU slices as `config.dcn_mesh_shape` says,
+`device_grid`); batch rows are split over 'data' and replicated over 'model'. A parameter's PartitionSpec comes from the first
 `(regex, PartitionSpec tuple)` rule that matches its path: `config.sharding_rules`, then the
 rules of the named set `config.sharding` ('tp', 'fsdp_tp': Megatron-style tensor parallelism
 over 'model', `TP_RULES`); a rule whose axes do not divide the shape leaves it replicated. The
@@ -16,10 +17,12 @@ the abstract tree -> `jax.jit(init, out_shardings=...)`.
 import functools
 import math
 import re
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
+from absl import logging
 import flax
 import jax
+from jax.experimental import mesh_utils
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
@@ -73,27 +76,73 @@ def rules_of(cfg) -> Rules:
   return Rules(tuple(cfg.sharding_rules) + rules, fsdp)
 
 
-def mesh_axis_sizes(mesh_shape: Sequence[int], num_devices: int) -> Tuple[int, int]:
+def mesh_axis_sizes(mesh_shape: Sequence[int], num_devices: int,
+                    name: str = 'mesh_shape', unit: str = 'devices') -> Tuple[int, int]:
   """(data, model) sizes: `mesh_shape` with its -1 (if any) resolved to fill `num_devices`."""
   known = math.prod(s for s in mesh_shape if s != -1)
   sizes = tuple(num_devices // known if s == -1 else s for s in mesh_shape)
   if num_devices % known or math.prod(sizes) != num_devices:
-    raise ValueError(f'config.mesh_shape={tuple(mesh_shape)} (data, model) does not fit the '
-                     f'{num_devices} devices: the sizes must multiply to {num_devices} (-1: '
+    raise ValueError(f'config.{name}={tuple(mesh_shape)} (data, model) does not fit the '
+                     f'{num_devices} {unit}: the sizes must multiply to {num_devices} (-1: '
                      'the rest)')
   return sizes
 
 
+def slices_of(devices: Sequence[Any]) -> List[List[Any]]:
+  """`devices` grouped by TPU slice (`slice_index`, multi-slice TPU only), in slice order; one
+  group when the devices have no slice index (CPU, GPU, one TPU slice)."""
+  groups = {}
+  for d in devices:
+    groups.setdefault(getattr(d, 'slice_index', 0), []).append(d)
+  return [groups[k] for k in sorted(groups)]
+
+
+def device_grid(devices: Sequence[Any], mesh_shape: Sequence[int] = train_config.MESH_SHAPE,
+                dcn_mesh_shape: Sequence[int] = train_config.DCN_MESH_SHAPE) -> np.ndarray:
+  """The devices as a (data, model) array of `mesh_shape`, laid out on the interconnect.
+
+  One slice: `mesh_utils.create_device_mesh`, which on TPU places each 'model' group (the axis
+  that talks the most) on neighbouring chips of the torus (on CPU and GPU: the devices in
+  order, sorted by id on GPU). Several slices (devices with different `slice_index`):
+  `mesh_utils.create_hybrid_device_mesh`, each slice a (data, model) / `dcn_mesh_shape` block
+  of the mesh, so only the axes `dcn_mesh_shape` splits cross the data-center network (default
+  (-1, 1): 'data' only).
+  """
+  sizes = mesh_axis_sizes(mesh_shape, len(devices))
+  slices = slices_of(devices)
+  dcn = mesh_axis_sizes(dcn_mesh_shape, len(slices), 'dcn_mesh_shape', 'slices')
+  if len({len(s) for s in slices}) > 1:
+    raise ValueError(f'the devices span {len(slices)} slices of unequal sizes '
+                     f'{[len(s) for s in slices]}')
+  per_slice = tuple(size // d for size, d in zip(sizes, dcn))
+  if any(size % d for size, d in zip(sizes, dcn)):
+    raise ValueError(f'config.dcn_mesh_shape={tuple(dcn)} (data, model) must divide '
+                     f'config.mesh_shape={sizes}: each of the {len(slices)} slices holds a '
+                     'block of the mesh')
+  try:
+    if len(slices) == 1:
+      return mesh_utils.create_device_mesh(sizes, list(devices), allow_split_physical_axes=True)
+    return mesh_utils.create_hybrid_device_mesh(per_slice, dcn, list(devices),
+                                                allow_split_physical_axes=True)
+  except (NotImplementedError, AssertionError, ValueError) as e:  # A topology it cannot map.
+    logging.warning('mesh_utils cannot lay out a %s mesh on these devices (%s): devices in '
+                    'order, slice by slice', sizes, e)
+    ordered = [d for group in slices for d in group]
+    return np.asarray(ordered, dtype=object).reshape(sizes)
+
+
 def create_mesh(devices: Optional[Sequence[jax.Device]] = None,
-                mesh_shape: Sequence[int] = train_config.MESH_SHAPE) -> jax.sharding.Mesh:
+                mesh_shape: Sequence[int] = train_config.MESH_SHAPE, *,
+                dcn_mesh_shape: Sequence[int] = train_config.DCN_MESH_SHAPE
+                ) -> jax.sharding.Mesh:
   """A ('data', 'model') mesh of `mesh_shape` over `devices` (default: all devices of all
-  processes). Devices are taken in order, so a 'model' group is consecutive devices: one host's
-  when 'model' divides the local device count (tensor parallelism talks the most)."""
+  processes), laid out by `device_grid` (topology-aware on TPU, across slices with
+  `dcn_mesh_shape`). On CPU devices are taken in order, so a 'model' group is consecutive
+  devices: one host's when 'model' divides the local device count."""
   devices = jax.devices() if devices is None else list(devices)
   if jax.process_count() > 1 and len(devices) != jax.device_count():
     raise ValueError('a multi-process run must use all devices')
-  sizes = mesh_axis_sizes(mesh_shape, len(devices))
-  return jax.sharding.Mesh(np.asarray(devices).reshape(sizes), AXES)
+  return jax.sharding.Mesh(device_grid(devices, mesh_shape, dcn_mesh_shape), AXES)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
