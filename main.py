@@ -26,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from token_learner import fields
+from token_learner.train import compile_cache
 from token_learner.train import loop
 from token_learner.train import preemption
 from token_learner.train import xla_flags
@@ -96,6 +97,7 @@ def main(argv):
 def train(config, workdir, allow_config_change=()):
   """train_and_evaluate; a config error exits 2 with one line, a preemption exits 75."""
   try:
+    compile_cache.enable_for(config)  # config.compilation_cache_dir, before anything compiles.
     loop.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   except fields.ConfigError as e:  # One line naming the field, no traceback.
     sys.stderr.write(f'main.py: config error: {e}\n')

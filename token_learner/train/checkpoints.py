@@ -47,7 +47,8 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 # the same parameters: configs stored before 'auto' have None there); any other change (e.g.
 # model.dtype) needs `allow` in check_config.
 SAFE_TO_CHANGE = ('log_every_steps', 'evals', 'checkpoint_every_steps', 'keep_checkpoints',
-                  'profile_steps', 'eval_batch_size', 'model.attention_implementation')
+                  'profile_steps', 'eval_batch_size', 'model.attention_implementation',
+                  'compilation_cache_dir')
 
 
 class ConfigChangedError(fields.ConfigError):

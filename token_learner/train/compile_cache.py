@@ -30,17 +30,27 @@ MIN_COMPILE_TIME_SECS = 0.5
 def enable(cache_dir: str) -> Optional[str]:
   """Turns the cache on in `cache_dir` (config.compilation_cache_dir) before anything compiles;
   returns the folder jax uses (None: off). Raises fields.ConfigError naming the field when the
-  folder cannot be created or written."""
+  folder cannot be created or written (also when an earlier setting wins)."""
+  folder = paths.absolute(cache_dir) if cache_dir else None
+  if folder:
+    _check_folder(folder, f'config.compilation_cache_dir={cache_dir!r}')
   current = jax.config.jax_compilation_cache_dir
   if current:
-    if cache_dir and current != paths.absolute(cache_dir):
+    if folder and current != folder:
       logging.info('Compilation cache: %s (set before the config; config.compilation_cache_dir='
                    '%r is not used)', current, cache_dir)
     return current
-  if not cache_dir:
+  if not folder:
     return None
-  folder = paths.absolute(cache_dir)
-  where = f'config.compilation_cache_dir={cache_dir!r}'
+  jax.config.update('jax_compilation_cache_dir', folder)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_TIME_SECS)
+  logging.info('Compilation cache: %s', folder)
+  return folder
+
+
+def _check_folder(folder: str, where: str):
+  """Creates `folder` (local or URL); a file there or an unwritable local folder is an error."""
   if paths.exists(folder) and not paths.isdir(folder):
     raise fields.ConfigError(f'{where} is a file, not a folder')
   try:
@@ -49,11 +59,6 @@ def enable(cache_dir: str) -> Optional[str]:
     raise fields.ConfigError(f'{where}: cannot create the folder ({e.strerror or e})') from None
   if not paths.is_url(folder) and not os.access(folder, os.W_OK | os.X_OK):
     raise fields.ConfigError(f'{where}: the folder is not writable')
-  jax.config.update('jax_compilation_cache_dir', folder)
-  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_TIME_SECS)
-  logging.info('Compilation cache: %s', folder)
-  return folder
 
 
 def enable_for(config) -> Optional[str]:
