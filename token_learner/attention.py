@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from token_learner import activation_sharding
 from token_learner.modules import einsum_attention
 
 Dtype = Any
@@ -55,8 +56,11 @@ class SelfAttention(nn.Module):
       by `resolve_attention` from `jax.default_backend()`, the dtype, train / eval, the
       sequence length and the dropout rate. None is 'einsum' (the name of that path in configs
       stored before 'auto' existed).
-    fused_qkv: one `[C, 3 * H * D]` matmul for q, k, v (the three kernels concatenated in the
-      step) instead of three.
+    fused_qkv: one matmul for q, k, v (the three kernels stacked in the step to `[C, 3, H, D]`,
+      so a kernel split by heads over devices stays split) instead of three.
+
+  q, k, v and the attention output are constrained to their heads' devices under
+  `token_learner.activation_sharding.use` (tensor parallelism).
   """
   num_heads: int
   dtype: Optional[Dtype] = None
@@ -75,13 +79,14 @@ class SelfAttention(nn.Module):
     dense = lambda a, k, b, n: jax.lax.dot_general(
         a, k.astype(dtype), (((a.ndim - n,) if n == 1 else (a.ndim - 2, a.ndim - 1),
                               tuple(range(n))), ((), ()))) + b.astype(dtype)
-    if self.fused_qkv:
-      kernel = jnp.concatenate([k.reshape(c, h * d) for k, _ in params], axis=1)
-      bias = jnp.concatenate([b.reshape(h * d) for _, b in params])
-      qkv = dense(x, kernel, bias, 1).reshape(*x.shape[:-1], 3, h, d)
+    if self.fused_qkv:  # [C, 3, H, D]: stacked on a new axis, so a split by heads stays local.
+      kernel = jnp.stack([k for k, _ in params], axis=1)
+      bias = jnp.stack([b for _, b in params])
+      qkv = dense(x, kernel, bias, 1)  # [B, N, 3, H, D]
       q, k, v = (qkv[..., i, :, :] for i in range(3))
     else:
       q, k, v = (dense(x, kernel, bias, 1) for kernel, bias in params)
+    q, k, v = (activation_sharding.constrain(a, activation_sharding.HEADS) for a in (q, k, v))
     impl = self.implementation
     if impl == 'auto':
       impl = resolve_attention(jax.default_backend(), dtype, train, x.shape[-2],
@@ -90,6 +95,7 @@ class SelfAttention(nn.Module):
     rng = None if deterministic or impl not in (None, 'einsum') else self.make_rng('dropout')
     y = attention(q, k, v, impl, dropout_rate=self.dropout_rate, deterministic=deterministic,
                   dropout_rng=rng)
+    y = activation_sharding.constrain(y, activation_sharding.HEADS)
     out_kernel, out_bias = _DenseParams((h, d), (c,), name='out')()
     return dense(y, out_kernel, out_bias, 2)
 

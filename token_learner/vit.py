@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from token_learner import ablations
+from token_learner import activation_sharding
 from token_learner import encoder_plan
 from token_learner import layer_scan
 from token_learner.model_config import ModelConfig
@@ -49,6 +50,7 @@ class MlpBlock(nn.Module):
                                      kernel_init=nn.initializers.xavier_uniform(),
                                      bias_init=nn.initializers.normal(stddev=1e-6))
     y = nn.gelu(dense(self.mlp_dim, 'Dense_0')(x))
+    y = activation_sharding.constrain(y, activation_sharding.MLP)  # Columns over 'model' (TP).
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = dense(x.shape[-1], 'Dense_1')(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -81,6 +83,8 @@ class EncoderBlock(nn.Module):
 
   `droppath_rate` is stochastic depth: each residual branch is dropped for a whole example.
   Attention logits and softmax statistics are float32 whatever `dtype` (`SelfAttention`).
+  The residual stream is constrained to batch rows over 'data', whole on every 'model' device
+  (`token_learner.activation_sharding`, active only under a trainer's sharding rules).
   """
   num_heads: int
   mlp_dim: int
@@ -93,16 +97,18 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    residual = lambda a: activation_sharding.constrain(a, activation_sharding.RESIDUAL)
     droppath = drop_path(self.droppath_rate, x.ndim)
+    x = residual(x)
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
     y = SelfAttention(self.num_heads, self.dtype, self.attention_dropout_rate,
                       self.attention_implementation, self.fused_qkv,
                       name='MultiHeadDotProductAttention_1')(y, train=train)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    x = x + droppath(y, deterministic=not train)
+    x = residual(x + droppath(y, deterministic=not train))
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock_3')(y, train=train)
-    return x + droppath(y, deterministic=not train)
+    return residual(x + droppath(y, deterministic=not train))
 
 
 class Encoder(nn.Module):

@@ -31,7 +31,7 @@ class Run:
   experiment: Any  # token_learner.experiment.Experiment
   cfg: TrainConfig  # experiment.train with num_train_steps resolved for this topology
   mesh: jax.sharding.Mesh
-  model: Any  # the Flax module
+  model: Any  # the Flax module (in a sharding.ActivationSharded under 'fsdp' / 'tp' rules)
   tx: Any  # the optax optimizer
   learning_rate_fn: Callable[[int], Any]
   rules: sharding.Rules
@@ -99,7 +99,8 @@ def build(experiment, *, mesh: Optional[jax.sharding.Mesh] = None,
     raise ValueError('config.num_epochs needs the dataset size: pass num_train_examples')
   cfg = experiment.train.for_run(num_train_examples=num_train_examples or 0,
                                  num_devices=mesh.size, num_processes=jax.process_count())
-  model = build_model(experiment.model)
+  # Under 'fsdp', 'tp', 'fsdp_tp' the encoder's activations are constrained to their shards.
+  model = sharding.with_activation_sharding(build_model(experiment.model), mesh, cfg.sharding)
   learning_rate_fn = optim.learning_rate_fn(cfg)
   tx = optim.create_optimizer(cfg, learning_rate_fn)
   rules = sharding.rules_of(cfg)

@@ -11,9 +11,14 @@ over 'data' on its largest free dimension that 'data' divides (ZeRO-3 / FSDP: ga
 forward pass by XLA, gradients reduce-scattered). Optimizer state follows its parameter (its
 paths end with the parameter's path and its moments have its shape).
 
+Activations: under 'fsdp', 'tp' and 'fsdp_tp' the trainer's model (`with_activation_sharding`)
+constrains the encoder's residual stream, q / k / v and MLP activations (`ACTIVATION_RULES`,
+token_learner/activation_sharding.py), so XLA shards the weights and never the residual stream.
+
 The state is created sharded, big_vision's way: `jax.eval_shape` of the init -> shardings from
 the abstract tree -> `jax.jit(init, out_shardings=...)`.
 """
+import dataclasses
 import functools
 import math
 import re
@@ -27,6 +32,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from token_learner import activation_sharding
 from token_learner import tree
 from token_learner.train import config as train_config
 
@@ -62,6 +68,39 @@ TP_RULES = tuple((r'encoderblock_scan_\d+/.*' + pattern, (None, *spec))
 # 'data').
 RULE_SETS = {'replicated': ((), False), 'fsdp': ((), True), 'tp': (TP_RULES, False),
              'fsdp_tp': (TP_RULES, True)}
+
+
+# config.sharding -> {logical activation axis: mesh axis} (token_learner/activation_sharding.py):
+# batch rows over 'data'; with tensor parallelism heads and MLP columns over 'model', the
+# residual stream ('embed') whole on every 'model' device. 'replicated' adds no constraints.
+_DATA_PARALLEL = {'batch': 'data'}
+ACTIVATION_RULES = {'replicated': {}, 'fsdp': _DATA_PARALLEL,
+                    'tp': {**_DATA_PARALLEL, 'heads': 'model', 'mlp': 'model'},
+                    'fsdp_tp': {**_DATA_PARALLEL, 'heads': 'model', 'mlp': 'model'}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSharded:
+  """A Flax module whose `init` / `apply` run under `activation_sharding.use(mesh, rules)`, so
+  the steps traced with it constrain the encoder's activations (the trainer's model)."""
+  module: Any
+  mesh: jax.sharding.Mesh
+  rules: Tuple[Tuple[str, str], ...]
+
+  def init(self, *args, **kwargs):
+    with activation_sharding.use(self.mesh, dict(self.rules)):
+      return self.module.init(*args, **kwargs)
+
+  def apply(self, *args, **kwargs):
+    with activation_sharding.use(self.mesh, dict(self.rules)):
+      return self.module.apply(*args, **kwargs)
+
+
+def with_activation_sharding(module, mesh: jax.sharding.Mesh, sharding_name: str):
+  """`module` with the activation constraints of rule set `sharding_name` (config.sharding) on
+  `mesh`; `module` itself when the set has none."""
+  rules = ACTIVATION_RULES[sharding_name]
+  return ActivationSharded(module, mesh, tuple(sorted(rules.items()))) if rules else module
 
 
 class Rules(NamedTuple):
