@@ -78,9 +78,9 @@ def test_tp_fused_qkv_moves_no_activations_and_matches_one_device(tiny_config):
   # Megatron's pattern instead: the residual stream all-reduced over 'model' (forward and
   # backward of attention and MLP), whole on every device.
   assert len(re.findall(r'= f32\[8,16,64\][^=]*all-reduce(-start)?\(', hlo)) >= 2
-  state = run.init_state()
   _, one = _build(tiny_config(), jax.devices()[:1], (1, 1))  # Three q/k/v matmuls.
-  one_state = sharding.place(jax.device_get(state), one.state_shardings, one.abstract_state)
+  one_state = one.init_state()
+  state = sharding.place(jax.device_get(one_state), run.state_shardings, run.abstract_state)
   np.testing.assert_allclose(_losses(run, step, state), _losses(one, _compiled(one), one_state),
                              rtol=1e-5, atol=1e-5)
 
