@@ -2,14 +2,15 @@
 
 The mesh is 2-D, axes ('data', 'model') of sizes `config.mesh_shape`, laid out on the chips'
 interconnect by jax's mesh_utils (across TPU slices as `config.dcn_mesh_shape` says,
-`device_grid`); batch rows are split over 'data' and replicated over 'model'. A parameter's PartitionSpec comes from the first
-`(regex, PartitionSpec tuple)` rule that matches its path: `config.sharding_rules`, then the
-rules of the named set `config.sharding` ('tp', 'fsdp_tp': Megatron-style tensor parallelism
-over 'model', `TP_RULES`); a rule whose axes do not divide the shape leaves it replicated. The
-sets 'fsdp' and 'fsdp_tp' then also shard every parameter of at least `FSDP_MIN_SIZE` elements
-over 'data' on its largest free dimension that 'data' divides (ZeRO-3 / FSDP: gathered for the
-forward pass by XLA, gradients reduce-scattered). Optimizer state follows its parameter (its
-paths end with the parameter's path and its moments have its shape).
+`device_grid`); batch rows are split over 'data' and replicated over 'model'. A parameter's
+PartitionSpec comes from the first `(regex, PartitionSpec tuple)` rule that matches its path:
+`config.sharding_rules`, then the rules of the named set `config.sharding` ('tp', 'fsdp_tp':
+Megatron-style tensor parallelism over 'model', `TP_RULES`); a rule whose axes do not divide
+the shape leaves it replicated. The sets 'fsdp' and 'fsdp_tp' then also shard every parameter
+of at least `FSDP_MIN_SIZE` elements over 'data' on its largest free dimension that 'data'
+divides (ZeRO-3 / FSDP: gathered for the forward pass by XLA, gradients reduce-scattered).
+Optimizer state follows its parameter (its paths end with the parameter's path and its moments
+have its shape).
 
 Activations: under 'fsdp', 'tp' and 'fsdp_tp' the trainer's model (`with_activation_sharding`)
 constrains the encoder's residual stream, q / k / v and MLP activations (`ACTIVATION_RULES`,
