@@ -225,11 +225,16 @@ def _train_losses(workdir):
 
 
 def test_starting_over_logs_the_new_runs_steps(tmp_path, tiny_config):
-  config = tiny_config(num_train_steps=2, log_every_steps=1, evals={})
+  """checkpoints/ deleted to start over: the event files of the old run (here steps 1-5) must
+  not hide the new run's steps."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path)
-  trainer.train_and_evaluate(config, workdir)
-  shutil.rmtree(os.path.join(workdir, 'checkpoints'))  # Start over in the same workdir.
-  trainer.train_and_evaluate(config, workdir)
+  old_writer = metric_writers.create_default_writer(workdir)
+  for step in range(1, 6):
+    old_writer.write_scalars(step, {'train_loss': 9.0})
+  old_writer.close()
+  trainer.train_and_evaluate(tiny_config(num_train_steps=2, log_every_steps=1, evals={}),
+                             workdir)
   assert _train_losses(workdir) == [1, 2]  # The new run's, once each.
   old = glob.glob(os.path.join(workdir, 'events_before.*'))
-  assert len(old) == 1 and _train_losses(old[0]) == [1, 2]  # The old run's, kept.
+  assert len(old) == 1 and _train_losses(old[0]) == [1, 2, 3, 4, 5]  # The old run's, kept.
