@@ -19,7 +19,6 @@ import trainer
 from token_learner import data
 from token_learner import experiment as experiment_lib
 from token_learner import pretrained
-from token_learner.init_config import InitConfig
 from token_learner.train import checkpoints
 from token_learner.train import setup
 from tools.fault_harness import array_files, garble_silently, truncate

@@ -16,6 +16,7 @@ checks, never moving anything). Corruption is told from a read that failed for a
 the checkpoint (I/O, memory, library versions): only the former moves a step aside.
 """
 import errno
+import functools
 import json
 import os
 import re
@@ -352,8 +353,8 @@ def _unavailable(step: int, where: str, reason: str) -> CheckpointUnavailableErr
   return CheckpointUnavailableError(
       f'Checkpoint at step {step} in {where} is intact as far as can be told, but it could not '
       f'be read after {RETRIES} attempts ({reason or "on another process"}). It was left in '
-      'place: fix the cause (I/O errors, memory, the orbax / tensorstore versions) and run the '
-      'same command again.')
+      'place: fix the cause (I/O errors, memory, the orbax / tensorstore versions, a state that '
+      'does not fit this config) and run the same command again.')
 
 
 def _verify(state, metadata: Mapping[str, Any], allow_unverified: bool = False,
@@ -418,13 +419,13 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
   bad = []  # (step, verdict, reason) of corrupt / unverifiable steps.
   for step in steps:
     step_dir = paths.join(directory, str(step))
+    read = functools.partial(mngr.restore, step, args=ocp.args.StandardRestore(abstract_state))
     verdict, reason, metadata = _read_metadata(step_dir, allow_unverified)
     verdict = _agree(verdict)
     if verdict == _OK:
       if config is not None and metadata.get('config'):
         check_config(metadata['config'], config, allow)
-      verdict, reason, state = _attempt(
-          lambda: mngr.restore(step, args=ocp.args.StandardRestore(abstract_state)), step_dir)  # pylint: disable=cell-var-from-loop
+      verdict, reason, state = _attempt(read, step_dir)
       verdict = _agree(verdict)
     if verdict == _FAILED:
       raise _unavailable(step, directory, reason)
@@ -443,7 +444,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
       mngr.close()
       _set_aside(directory, bad)
       mngr = ocp.CheckpointManager(directory, options=mngr._options)  # pylint: disable=protected-access
-    logging.info('Restored checkpoint at step %d (verified against its digest).', step)
+    logging.info('Restored checkpoint at step %d (%s).', step,
+                 'verified against its digest' if metadata.get('digest') else
+                 'unverified: no digest; checked finite')
     return state, mngr, metadata
   if bad:
     details = '; '.join(f'{s}: {r}' for s, _, r in bad)
