@@ -13,10 +13,10 @@ all bad is a clear error; EIO on every checkpoint read stops the run with the ch
 and it resumes once the fault clears; a checkpoint without metadata is refused as unverifiable;
 evaluate.py refuses a garbled checkpoint; a changed config is refused naming the fields; 30
 malformed configs exit != 0 with one line naming the field before anything is compiled;
-corrupt / empty / unreadable data is named or counted; a NaN stops the run naming the step and the resume verifies
-the last good checkpoint; an unwritable workdir / checkpoint folder / full disk (a small tmpfs,
-needs root) is a prompt clear error; a killed peer of a 2-process run makes the other exit within
-60 s. Prints a table probe | expectation | result; exits 1 on any failure.
+corrupt / empty / unreadable data is named or counted; a NaN stops the run naming the step and
+the resume verifies the last good checkpoint; an unwritable workdir / checkpoint folder / full
+disk (a small tmpfs, needs root) is a prompt clear error; a killed peer of a 2-process run makes
+the other exit within 60 s. Prints a table probe | expectation | result; exits 1 on any failure.
 """
 import collections
 import json
