@@ -7,14 +7,19 @@ r"""Evaluates a run's checkpoint with the run's evaluators, without training or 
 Runs the evaluators of `config.evals` (token_learner.evals: classification with multi-view
 averaging for video, mAP for multi-label data, the metrics the config asks for; few-shot) over
 their splits once, on all devices (and processes: launch it like main.py), and writes
-WORKDIR/eval_<step>.json with `<evaluator>_<metric>` keys. The config is the one stored with the
-checkpoint unless --config names one. --split replaces the dataset's eval split (evaluators with
-a split of their own keep it); --fewshot adds a few-shot evaluator ('fewshot', the defaults of
-token_learner.evals.config.FewShotEval) if the config has none. Nothing in WORKDIR/checkpoints is
-touched.
+WORKDIR/eval_<step>_<split>_<evaluators>.json with `<evaluator>_<metric>` keys (one file per
+step, split and evaluator set: another split never overwrites it).
+
+The checkpoint is read through the trainer's verified path (checkpoints.restore_verified: every
+array against its digest, finite values); a corrupt checkpoint, or one without the metadata to
+verify it (unless --allow_unverified_checkpoint), is refused. The config is the one stored with
+the checkpoint; with --config, one log line lists the fields that differ from the stored one,
+and a difference in the model is refused unless named in --allow_config_change. --split
+replaces the dataset's eval split (evaluators with a split of their own keep it); --fewshot adds
+a few-shot evaluator ('fewshot', the defaults of token_learner.evals.config.FewShotEval) if the
+config has none. Nothing in WORKDIR/checkpoints is touched.
 """
 import json
-import os
 import re
 
 from absl import app
@@ -25,6 +30,7 @@ from ml_collections import config_flags
 from token_learner import data
 from token_learner import evals as evals_lib
 from token_learner import experiment as experiment_lib
+from token_learner import paths
 from token_learner.train import checkpoints
 from token_learner.train import setup
 
@@ -37,6 +43,10 @@ flags.DEFINE_list('evals', None, 'Evaluators of config.evals to run (default: al
                   'attention_maps).')
 flags.DEFINE_bool('fewshot', False, 'Also run a few-shot linear evaluation on the checkpoint\'s '
                   'pre-logit features if config.evals has none.')
+flags.DEFINE_list('allow_config_change', [], 'Model fields of --config that may differ from the '
+                  'config stored with the checkpoint.')
+flags.DEFINE_bool('allow_unverified_checkpoint', False, 'Read a checkpoint without the metadata '
+                  '(digest, config) to verify it; only checked for finite values.')
 flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
@@ -61,34 +71,49 @@ def _with_options(config, split=None, names=None, fewshot=False) -> dict:
 
 
 def evaluate_checkpoint(config, workdir: str, step=None, split=None, fewshot=False,
-                        names=None) -> dict:
-  """{'step', 'split', '<evaluator>_<metric>' of every evaluator} of checkpoint `step` (default:
-  the latest) of `workdir`; `config` None: the one stored with the checkpoint."""
-  path = workdir if step is None else os.path.join(workdir, checkpoints.CHECKPOINTS, str(step))
+                        names=None, allow_config_change=(), allow_unverified=False) -> dict:
+  """{'step', 'split', 'evals', '<evaluator>_<metric>' of every evaluator} of checkpoint `step`
+  (default: the latest) of `workdir`, verified (checkpoints.restore_verified); `config` None:
+  the one stored with the checkpoint, else compared with it (checkpoints.check_model_config)."""
+  path = workdir if step is None else paths.join(workdir, checkpoints.CHECKPOINTS, str(step))
   item = checkpoints.item_dir(path)
   step = int(re.search(r'(\d+)(/[^/]*)?$', item.rstrip('/')).group(1))
+  params, metadata = checkpoints.restore_verified(item, allow_unverified)
+  stored = metadata.get('config')
   if config is None:
-    config = checkpoints.saved_config(item)
+    if not stored:
+      raise ValueError(f'{item}: no config stored with the checkpoint: pass --config')
+    config = stored
+  elif stored:
+    checkpoints.check_model_config(stored, experiment_lib.as_dict(config), allow_config_change,
+                                   where=f'checkpoint {step}')
   experiment = experiment_lib.from_config(_with_options(config, split, names, fewshot))
   checked = evals_lib.check(experiment, data.dataset_info)
   run = setup.build(experiment, num_train_examples=data.dataset_info(experiment.data).num_train)
-  params = run.place_params(checkpoints.restore_params(item))
-  result = {'step': step, 'split': experiment.data.eval_split}
+  params = run.place_params(params)
+  result = {'step': step, 'split': experiment.data.eval_split, 'evals': []}
   for evaluator in evals_lib.build(run, checked):
+    result['evals'].append(evaluator.name)
     result.update(evals_lib.prefixed(evaluator.name, evaluator(params)[0]))
   return result
+
+
+def output_path(workdir: str, result: dict) -> str:
+  """WORKDIR/eval_<step>_<split>_<evaluators>.json of an `evaluate_checkpoint` result (the
+  split's characters other than letters, digits, '.', '-', '_' become '-')."""
+  split = re.sub(r'[^A-Za-z0-9._-]', '-', str(result['split']))
+  return paths.join(workdir, f'eval_{result["step"]}_{split}_{"+".join(result["evals"])}.json')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   result = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.split,
-                               FLAGS.fewshot, FLAGS.evals)
+                               FLAGS.fewshot, FLAGS.evals, FLAGS.allow_config_change,
+                               FLAGS.allow_unverified_checkpoint)
   if jax.process_index() == 0:
-    path = os.path.join(FLAGS.workdir, f'eval_{result["step"]}.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(result, f, indent=2)
-    os.replace(path + '.tmp', path)
+    path = output_path(FLAGS.workdir, result)
+    paths.write_text_atomic(path, json.dumps(result, indent=2))
     print(f'{path}: {json.dumps(result)}')
 
 

@@ -6,8 +6,11 @@ r"""Pictures of what the learned tokens look at (Fig. 10, §6.4), from a run's l
 For an image model, each input beside its S token maps (one row per TokenLearner of the model);
 for a video model, frames x tokens. Writes `OUT/example_<i>.png` (OUT defaults to WORKDIR/maps)
 and `OUT/token_stats.json`: per TokenLearner the mean entropy of its maps and the mean overlap
-between its tokens (`token_learner.diagnostics`; an overlap near 1 means collapsed tokens). The
-run's config is the one stored with the checkpoint, unless --config names one.
+between its tokens (`token_learner.diagnostics`; an overlap near 1 means collapsed tokens).
+
+The checkpoint is read verified, and the config handled, as by evaluate.py: the one stored with
+the checkpoint, or --config compared with it (differences listed, model changes refused unless
+in --allow_config_change); a corrupt or unverifiable checkpoint is refused.
 """
 import json
 import os
@@ -26,6 +29,10 @@ config_flags.DEFINE_config_file('config', None, 'Config of the run (default: the
 flags.DEFINE_string('split', None, 'Split to draw examples from (default: the eval split).')
 flags.DEFINE_integer('num_examples', 8, 'Examples to draw.')
 flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/maps).')
+flags.DEFINE_list('allow_config_change', [], 'Model fields of --config that may differ from the '
+                  'config stored with the checkpoint.')
+flags.DEFINE_bool('allow_unverified_checkpoint', False, 'Read a checkpoint without the metadata '
+                  '(digest, config) to verify it; only checked for finite values.')
 flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
@@ -33,9 +40,17 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = FLAGS.config if FLAGS.config is not None else checkpoints.saved_config(FLAGS.workdir)
+  params, metadata = checkpoints.restore_verified(FLAGS.workdir,
+                                                  FLAGS.allow_unverified_checkpoint)
+  stored, config = metadata.get('config'), FLAGS.config
+  if config is None:
+    if not stored:
+      raise app.UsageError('No config stored with the checkpoint: pass --config')
+    config = stored
+  elif stored:
+    checkpoints.check_model_config(stored, experiment_lib.as_dict(config),
+                                   FLAGS.allow_config_change)
   experiment = experiment_lib.from_config(config)
-  params = checkpoints.restore_params(FLAGS.workdir)
   inputs = attention_maps.examples(experiment.data, FLAGS.split, FLAGS.num_examples)
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'maps')
   stats = attention_maps.render(experiment, params, inputs, out)

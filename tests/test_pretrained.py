@@ -159,7 +159,8 @@ def test_project_checkpoint_into_new_task(tmp_path, randomise):
   _, _, src = _model(name='vivit', num_tokens=4, num_classes=40)
   src = randomise(src, replace=True)
   manager = checkpoints.manager(str(tmp_path / 'workdir'), keep=1)
-  checkpoints.save(manager, 3, {'params': src, 'step': np.int32(3)})
+  checkpoints.save(manager, 3, {'params': src, 'step': np.int32(3)},
+                   config={'model': {'name': 'vivit'}})  # Verified on reading: needs a config.
   manager.wait_until_finished()
   manager.close()
   cfg, _, init = _model(name='vivit', num_tokens=4, num_classes=157)

@@ -56,7 +56,7 @@ def test_evaluate_command_reproduces_the_run_and_writes_nothing_else(trained, su
                        env=subprocess_env(num_devices=2), capture_output=True, text=True,
                        timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.load(open(os.path.join(workdir, 'eval_2.json')))
+  result = json.load(open(os.path.join(workdir, 'eval_2_test_eval.json')))
   assert result['step'] == 2 and result['split'] == 'test'
   for key in ('eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_num_examples'):
     assert result[key] == pytest.approx(final[key], abs=1e-6), key
@@ -69,7 +69,7 @@ def test_evaluate_command_reproduces_the_run_and_writes_nothing_else(trained, su
                         '--config.model.tokenlearner.loc=1'], cwd=REPO, env=subprocess_env(),
                        capture_output=True, text=True, timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
-  early = json.load(open(os.path.join(workdir, 'eval_1.json')))
+  early = json.load(open(os.path.join(workdir, 'eval_1_train--100-_eval+fewshot.json')))
   assert early['step'] == 1 and early['eval_num_examples'] == 100
   assert 0.0 <= early['fewshot_1shot'] <= 1.0 and 0.0 <= early['fewshot_25shot'] <= 1.0
   assert early['eval_accuracy'] != result['eval_accuracy']  # Another state, another split.

@@ -123,6 +123,7 @@ def load_flat(path: str, kind: str) -> Dict[str, np.ndarray]:
     with open(path, 'rb') as f, np.load(f) as data:
       flat = {k: np.asarray(data[k]) for k in data.files}
   elif kind == 'checkpoint':
+    # Verified like a resume: digest, finite values; refused without the metadata to check.
     flat = {k: np.asarray(v) for k, v in flatten(checkpoints.restore_params(path)).items()}
   else:
     raise ValueError(f"config.init_from.path={path!r}: kind 'vit_npz' needs a .npz file")

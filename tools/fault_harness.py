@@ -60,9 +60,12 @@ def steps_in(workdir):
   return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
-def params(workdir, step):
+def params(workdir, step, verify=True):
+  """The parameters of checkpoint `step`, verified against its digest unless `verify=False`
+  (to see what a garbled checkpoint holds)."""
   from token_learner.train import checkpoints  # pylint: disable=g-import-not-at-top
-  return checkpoints.restore_params(os.path.join(workdir, 'checkpoints', str(step)))
+  return checkpoints.restore_params(os.path.join(workdir, 'checkpoints', str(step)),
+                                    verify=verify)
 
 
 def identical(a, b):
@@ -117,13 +120,13 @@ def array_files(workdir, step):
 
 def garble_silently(workdir, step):
   """8 bytes of an array file changed so that the checkpoint still restores, other values."""
-  before = params(workdir, step)
+  before = params(workdir, step, verify=False)
   for at in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.9, 0.1):
     for path in reversed(array_files(workdir, step)):
       content = open(path, 'rb').read()
       garble(path, 8, at)
       try:
-        if not identical(before, params(workdir, step)):
+        if not identical(before, params(workdir, step, verify=False)):
           return
       except Exception:  # pylint: disable=broad-except
         pass
@@ -132,8 +135,9 @@ def garble_silently(workdir, step):
 
 
 def inject(kind, argv):
-  """Runs main.py in this process with a fault: 'nojit' (jax.jit raises) or
-  'nan_from_step_<k>' (inputs of step k onwards are NaN)."""
+  """Runs main.py in this process with a fault: 'nojit' (jax.jit raises),
+  'nan_from_step_<k>' (inputs of step k onwards are NaN) or 'eio_restore' (every checkpoint
+  read fails with EIO, as on a failing disk or network filesystem)."""
   import runpy  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   # Imported before jax.jit is patched (clu decorates functions with jax.jit at import).
@@ -167,6 +171,14 @@ def inject(kind, argv):
                                            if 'config error' in l or 'Traceback' in l]]),
             flush=True)
     return
+  elif kind == 'eio_restore':
+    import errno  # pylint: disable=g-import-not-at-top
+    from token_learner.train import checkpoints  # pylint: disable=g-import-not-at-top
+
+    def failing_restore(*args, **kwargs):
+      raise OSError(errno.EIO, 'Input/output error (injected)')
+    checkpoints.ocp.CheckpointManager.restore = failing_restore
+    checkpoints.BACKOFF_S = 0.1
   elif kind.startswith('nan_from_step_'):
     import functools  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top

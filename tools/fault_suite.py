@@ -9,12 +9,14 @@ Every probe runs `python main.py` (the tiny digits job) in subprocesses and chec
 relies on: SIGKILLs at random moments (one during a checkpoint write) resume to bit-identical
 parameters with every logged step once per tag; SIGTERM saves and exits 75, and the resume is
 exact; truncated / deleted / garbled checkpoint files fall back to the previous good checkpoint;
-all bad is a clear error; a changed config is refused naming the fields; 30 malformed configs
-exit != 0 with one line naming the field before anything is compiled; corrupt / empty /
-unreadable data is named or counted; a NaN stops the run naming the step and the resume verifies
-the last good checkpoint; an unwritable workdir / checkpoint folder / full disk (a small tmpfs,
-needs root) is a prompt clear error; a killed peer of a 2-process run makes the other exit within
-60 s. Prints a table probe | expectation | result; exits 1 on any failure.
+all bad is a clear error; EIO on every checkpoint read stops the run with the checkpoints kept
+and it resumes once the fault clears; a checkpoint without metadata is refused as unverifiable;
+evaluate.py refuses a garbled checkpoint; a changed config is refused naming the fields; 30
+malformed configs exit != 0 with one line naming the field before anything is compiled;
+corrupt / empty / unreadable data is named or counted; a NaN stops the run naming the step and
+the resume verifies the last good checkpoint; an unwritable workdir / checkpoint folder / full
+disk (a small tmpfs, needs root) is a prompt clear error; a killed peer of a 2-process run makes
+the other exit within 60 s. Prints a table probe | expectation | result; exits 1 on any failure.
 """
 import collections
 import json
@@ -111,6 +113,68 @@ def probe_corrupt(root, reference):
   line = last_line(output, 'None of the checkpoints')
   record('all checkpoints bad', 'clear error, nothing overwritten', code != 0 and bool(line),
          f'exit {code} in {seconds:.0f}s: {quote(line, "None of the checkpoints", 80)}')
+
+
+def _checkpoint_listing(workdir):
+  return sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+
+
+def _without_last_step(reference, root, name):
+  """A copy of the reference run whose newest checkpoint is gone (a resume trains the last
+  checkpoint interval again, to the reference's final parameters)."""
+  workdir = shutil.copytree(reference, os.path.join(root, name))
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', str(STEPS)))
+  os.remove(os.path.join(workdir, 'summary.json'))
+  return workdir
+
+
+def probe_restore_eio(root, reference):
+  """Every checkpoint read fails with EIO (a failing disk): the run stops saying the checkpoint
+  is intact and moves nothing; once the fault clears the same command resumes exactly."""
+  workdir = _without_last_step(reference, root, 'restore-eio')
+  before = _checkpoint_listing(workdir)
+  code, output, seconds = run(workdir, inject='eio_restore')
+  line = last_line(output, 'CheckpointUnavailableError')
+  kept = _checkpoint_listing(workdir) == before
+  code2, output2, _ = run(workdir)
+  resumed = f'Resuming at step {STEPS - 10}' in output2
+  same = code2 == 0 and identical(params(workdir, STEPS), params(reference, STEPS))
+  record('EIO on every checkpoint read', 'error saying intact, nothing moved; resumes exactly '
+         'once the fault clears', code != 0 and 'intact' in line and kept and resumed and same,
+         f'exit {code} in {seconds:.0f}s, checkpoints kept: {kept}, '
+         f'{quote(line, "Checkpoint at", 70)}; then resumed: {resumed}, identical: {same}')
+
+
+def probe_no_metadata(root, reference):
+  """The newest checkpoint's _CHECKPOINT_METADATA deleted: unverifiable, so moved aside and the
+  previous one is used."""
+  workdir = shutil.copytree(reference, os.path.join(root, 'no-metadata'))
+  os.remove(os.path.join(workdir, 'checkpoints', str(STEPS), '_CHECKPOINT_METADATA'))
+  os.remove(os.path.join(workdir, 'summary.json'))
+  code, output, _ = run(workdir)
+  warned = f'Checkpoint at step {STEPS} is unverifiable' in output
+  aside = any(d.startswith(f'{STEPS}.unverified.') for d in _checkpoint_listing(workdir))
+  same = code == 0 and identical(params(workdir, STEPS), params(reference, STEPS))
+  record('newest checkpoint without metadata', 'refused as unverifiable, moved aside, previous '
+         'one used', warned and aside and same,
+         f'exit {code}, warning: {warned}, moved aside: {aside}, final identical: {same}')
+
+
+def probe_evaluate_garbled(root, reference):
+  """evaluate.py on a silently garbled checkpoint: refused, nothing written or moved."""
+  workdir = shutil.copytree(reference, os.path.join(root, 'evaluate-garbled'))
+  garble_silently(workdir, STEPS)
+  before = _checkpoint_listing(workdir)
+  start_time = time.time()
+  p = subprocess.run([sys.executable, os.path.join(REPO, 'evaluate.py'), f'--workdir={workdir}'],
+                     cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  line = last_line(p.stdout + p.stderr, 'CorruptCheckpointError')
+  written = [f for f in os.listdir(workdir) if f.startswith('eval_')]
+  record('evaluate.py on a garbled checkpoint', 'refused naming the digest, nothing written',
+         p.returncode != 0 and 'digest' in line and not written and
+         _checkpoint_listing(workdir) == before,
+         f'exit {p.returncode} in {time.time() - start_time:.0f}s: '
+         f'{quote(line, "differ", 70)}; eval files: {written}')
 
 
 def probe_config_changed(root, reference):
@@ -345,6 +409,9 @@ def main():
       ('sigkill', lambda: probe_sigkill(root, reference())),
       ('sigterm', lambda: probe_sigterm(root, reference())),
       ('corrupt', lambda: probe_corrupt(root, reference())),
+      ('restore_eio', lambda: probe_restore_eio(root, reference())),
+      ('no_metadata', lambda: probe_no_metadata(root, reference())),
+      ('evaluate_garbled', lambda: probe_evaluate_garbled(root, reference())),
       ('config', lambda: probe_config_changed(root, reference())),
       ('malformed', lambda: probe_malformed(root)),
       ('data', lambda: probe_data(root)),

@@ -10,6 +10,7 @@ from clu import parameter_overview
 import jax
 import numpy as np
 
+from token_learner import paths
 from token_learner.train import sharding
 
 
@@ -80,6 +81,8 @@ class ResumedWriter:
 
   A resumed run repeats the steps between its checkpoint and the kill; their scalars (and any
   the killed run never flushed, which this then writes) appear once per tag across restarts.
+  The event files are those of the restored checkpoint's run: a run that restores none moves
+  older ones aside first (set_aside_events).
   """
 
   def __init__(self, writer, workdir: str):
@@ -93,6 +96,25 @@ class ResumedWriter:
 
   def __getattr__(self, name):
     return getattr(self._writer, name)
+
+
+def set_aside_events(workdir: str):
+  """Moves (process 0) the TensorBoard event files of `workdir` into
+  `WORKDIR/events_before.<t>/`, where TensorBoard still shows them as a run of their own; called
+  when a run starts without a checkpoint, so that it skips none of its own steps. Returns the
+  folder, or None if there was nothing to move."""
+  found = paths.glob(workdir, 'events.out.tfevents.*') if paths.isdir(workdir) else []
+  if jax.process_index() != 0 or not found:
+    return None
+  folder = paths.join(workdir, f'events_before.{int(time.time())}')
+  while paths.exists(folder):
+    folder += '_'
+  paths.makedirs(folder)
+  for path in found:
+    paths.rename(path, paths.join(folder, paths.name(path)))
+  logging.warning('No checkpoint to resume from: moved the %d event file(s) of an earlier run to '
+                  '%s.', len(found), folder)
+  return folder
 
 
 def _logged_steps(workdir: str) -> Dict[str, int]:

@@ -47,7 +47,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
                        allow_config_change: Sequence[str] = (),
                        build: Callable[..., setup.Run] = setup.build,
                        train_input: Callable[..., Any] = data.train_iterator,
-                       writer=None) -> Dict[str, Any]:
+                       writer=None, allow_unverified_checkpoint: bool = False) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its checkpoints), returns the final metrics.
 
   Args:
@@ -59,6 +59,8 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     build: the run builder (`setup.build`; a test passes one that wraps the train step).
     train_input: `data.train_iterator` or a function with its signature (a test's input).
     writer: a clu MetricWriter (default: TensorBoard in `workdir`, process 0 only).
+    allow_unverified_checkpoint: restore a checkpoint without the metadata to verify it
+      (checked finite only); by default such a step is moved aside like a corrupt one.
 
   Raises:
     fields.ConfigError: a bad config field (before anything is compiled) or a changed config.
@@ -87,10 +89,14 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
   evaluators = evals_lib.build(run, checked_evals)
 
   manager = checkpoints.manager(workdir, cfg.keep_checkpoints)
-  state, manager, restored = checkpoints.restore_latest(manager, run.abstract_state, config_dict,
-                                                        allow_config_change)
+  state, manager, restored = checkpoints.restore_latest(
+      manager, run.abstract_state, config_dict, allow_config_change,
+      allow_unverified=allow_unverified_checkpoint)
   before = restored.get('run', {})  # What the reports need from the processes before this one.
   if state is None:
+    # A new run (e.g. checkpoints/ deleted to start over): the event files there are another
+    # run's, whose steps ResumedWriter would otherwise skip.
+    logger.set_aside_events(workdir)
     state = run.init_state()
     if experiment.init.path:
       loaded = pretrained.init_from(sharding.to_host(state.params), experiment.init,
