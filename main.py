@@ -26,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from token_learner import fields
+from token_learner import flag_parsing
 from token_learner.train import loop
 from token_learner.train import preemption
 from token_learner.train import xla_flags
@@ -115,4 +116,4 @@ def train(config, workdir, allow_config_change=()):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)
