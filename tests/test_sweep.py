@@ -112,7 +112,7 @@ def test_bad_entry_name_exits_2_from_the_command_line(tmp_path, subprocess_env):
                     'def get_sweep():\n'
                     "  return [dict(name='ok', overrides={}), dict(name='../escape', "
                     'overrides={})]\n')
-  result = _sweep(subprocess_env, f'--workdir={tmp_path}/w', f'--config={config}')
+  result = _sweep(subprocess_env, f'--workdir={tmp_path}/w', f'--config={config}', *TINY)
   assert result.returncode == 2, result.stderr[-3000:]
   assert result.stderr.strip().splitlines()[-1].endswith(
       "sweep entry 1: name '../escape' must be a non-empty folder name of letters, digits and "
