@@ -51,14 +51,20 @@ flags.mark_flags_as_required(['videos', 'out'])
 FLAGS = flags.FLAGS
 
 
-@flags.multi_flags_validator(['fps', 'short_side', 'shards', 'quality', 'decode_timeout'])
-def _check_settings(values):
-  try:
-    prepare.check_settings(values['fps'], values['short_side'], values['shards'],
-                           values['quality'], values['decode_timeout'])
-  except ValueError as e:
-    raise flags.ValidationError(str(e)) from None
-  return True
+def _checked(flag: str, setting: str):
+  """A validator of `flag`: prepare.check_settings on it alone, its message naming the flag."""
+  def check(value):
+    try:
+      prepare.check_settings(**{setting: value})
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+  flags.register_validator(flag, check)
+
+
+for _flag, _setting in (('fps', 'fps'), ('short_side', 'short_side'), ('shards', 'num_shards'),
+                        ('quality', 'quality'), ('decode_timeout', 'decode_timeout')):
+  _checked(_flag, _setting)
 
 
 def main(argv):

@@ -125,8 +125,8 @@ def test_command_line_bad_flag_is_one_line_exit_2(tmp_path, videos, subprocess_e
        '--fps=-1'], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
   assert out.returncode == 2, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()
-  assert lines[-1] == ('prepare_video_data.py: flag error: flag --fps=-1.0: --fps=-1.0 must be a '
-                       'number > 0 (or unset: as stored)')
+  assert lines[-1] == ('prepare_video_data.py: flag error: --fps=-1.0 must be a number > 0 (or '
+                       'unset: as stored)')
   assert 'Traceback' not in out.stderr
   assert not [n for n in os.listdir(tmp_path) if n.startswith('o')]  # Nothing written.
 

@@ -39,6 +39,9 @@ def parse_flags(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     return flag_values(argv)
   except flags.Error as e:
     message = str(e)
+    prefix, _, rest = message.partition(': ')
+    if prefix.startswith('flag --') and rest.startswith('--'):
+      message = rest  # A validator's message that names the flag itself.
   except (KeyError, AttributeError) as e:  # ml_collections: a key a locked config lacks.
     message = unknown_key_message(e, argv)
     if message is None:
