@@ -9,8 +9,9 @@ checked first (a folder name: no '/', '..', empty or repeated names). WORKDIR/re
 WORKDIR/results.md list name, status, overrides, GFLOPs, parameters and the final metrics of
 every entry run so far in WORKDIR (`--only` replaces the rows it runs and keeps the others; status
 fresh / reused / failed: token_learner/sweep_results.py); WORKDIR/results.png plots accuracy vs
-GFLOPs, one labelled point per run. Command-line overrides of --config apply to every run. --dry_run prints the equivalent `python main.py ...`
-command lines instead, e.g. to launch them on a cluster.
+GFLOPs, one labelled point per run. Command-line overrides of --config apply to every run.
+--dry_run prints the equivalent `python main.py ...` command lines instead, e.g. to launch them
+on a cluster.
 """
 import copy
 import importlib.util

@@ -26,9 +26,7 @@ duration beyond its encoded frames.
 """
 import csv
 import dataclasses
-import hashlib
 import io
-import json
 import math
 import os
 import re
@@ -40,6 +38,7 @@ from absl import logging
 from PIL import Image
 
 from token_learner import paths
+from token_learner.data import shard_manifest
 from token_learner.data.config import VideoData
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.gif')
@@ -47,7 +46,6 @@ FRAME_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 FRAMES_KEY, LABEL_KEY = VideoData.frames_key, VideoData.label_key
 LABEL_TEXT_KEY, FILENAME_KEY = 'clip/label/text', 'video/filename'
 DECODE_TIMEOUT_S = 600.0  # a video file's decode deadline (a stalled or endless stream)
-MANIFEST_VERSION = 1
 _CONTROL = re.compile(r'[\x00-\x1f\x7f]')
 
 
@@ -303,64 +301,6 @@ def shard_paths(prefix: str, num_shards: int) -> List[str]:
   return [f'{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord' for i in range(num_shards)]
 
 
-def manifest_path(prefix: str) -> str:
-  return f'{prefix}.manifest.json'
-
-
-def settings(examples: Sequence[Example], classes: Sequence[str], num_shards: int,
-             fps: Optional[float], short_side: Optional[int], quality: int) -> dict:
-  """What the shards' content depends on: a rerun over finished shards must match it."""
-  listing = json.dumps([[e.path, list(e.labels)] for e in examples]).encode()
-  return dict(version=MANIFEST_VERSION, classes=list(classes), fps=fps, short_side=short_side,
-              shards=num_shards, quality=quality, videos=len(examples),
-              videos_sha256=hashlib.sha256(listing).hexdigest())
-
-
-def _differences(old: dict, new: dict) -> List[str]:
-  out = []
-  for key in new:
-    if old.get(key) != new[key]:
-      was, now = old.get(key), new[key]
-      if key == 'classes':
-        was, now = f'{len(was or [])} classes', f'{len(now)} classes' + (
-            ' (other names)' if len(was or []) == len(now) else '')
-      elif key == 'videos_sha256':
-        was, now = 'one list of videos / labels', 'another'
-      out.append(f'{key} {was} -> {now}')
-  return out
-
-
-def _finished_shards(prefix: str) -> List[str]:
-  folder, stem = paths.parent(prefix) or '.', paths.name(prefix)
-  if not paths.isdir(folder):
-    return []
-  pattern = re.compile(re.escape(stem) + r'-\d{5}-of-\d{5}\.tfrecord')
-  return [n for n in paths.listdir(folder) if pattern.fullmatch(n)]
-
-
-def _check_rerun(prefix: str, new: dict) -> dict:
-  """The manifest to continue from: the old one if its settings match, a fresh one if nothing
-  is finished yet; shards finished under other settings are a ValueError naming them."""
-  path, finished = manifest_path(prefix), _finished_shards(prefix)
-  old = json.loads(paths.read_text(path)) if paths.exists(path) else None
-  fresh = dict(settings=new, shards_complete={})
-  if not finished:
-    return fresh
-  if old is None:
-    raise ValueError(f'--out={prefix!r}: {len(finished)} shards exist without a manifest '
-                     f'({finished[0]}, ...): write to another --out, or delete them')
-  differ = _differences(old['settings'], new)
-  expected = {paths.name(p) for p in shard_paths(prefix, new['shards'])}
-  strays = sorted(set(finished) - expected)
-  if differ or strays:
-    what = ', '.join(differ) or f'other shards ({strays[0]}, ...)'
-    raise ValueError(f'--out={prefix!r} holds shards written with other settings ({what}): '
-                     'write to another --out, or delete its shards and manifest')
-  old['shards_complete'] = {k: v for k, v in old.get('shards_complete', {}).items()
-                            if k in set(finished)}
-  return old
-
-
 def write_shards(examples: Sequence[Example], prefix: str, *, num_shards: int = 1,
                  fps: Optional[float] = None, short_side: Optional[int] = None,
                  skip_unreadable: bool = False, classes: Optional[Sequence[str]] = None,
@@ -386,10 +326,11 @@ def write_shards(examples: Sequence[Example], prefix: str, *, num_shards: int = 
     unknown = [l for l in e.labels if l not in index]
     if unknown:
       raise ValueError(f'{e.path!r}: label {unknown[0]!r} is not in the class list')
-  manifest = _check_rerun(prefix, settings(examples, classes, num_shards, fps, short_side,
-                                           quality))
+  wanted = shard_manifest.settings([(e.path, e.labels) for e in examples], classes, num_shards,
+                                   fps=fps, short_side=short_side, quality=quality)
+  manifest = shard_manifest.resume(prefix, shard_paths(prefix, num_shards), wanted)
   paths.makedirs(paths.parent(paths.absolute(prefix)))
-  paths.write_text_atomic(manifest_path(prefix), json.dumps(manifest, indent=1))
+  shard_manifest.write(prefix, manifest)
   paths.write_text_atomic(f'{prefix}.classes.txt', ''.join(f'{c}\n' for c in classes))
   stats = dict(written=0, skipped=0, shards_done=0, classes=len(classes))
   shard_files = shard_paths(prefix, num_shards)
@@ -403,7 +344,7 @@ def write_shards(examples: Sequence[Example], prefix: str, *, num_shards: int = 
     stats['written'] += counts['videos']
     stats['skipped'] += counts['skipped']
     manifest['shards_complete'][paths.name(shard_files[s])] = counts
-    paths.write_text_atomic(manifest_path(prefix), json.dumps(manifest, indent=1))
+    shard_manifest.write(prefix, manifest)
   bar.close()
   return stats
 
