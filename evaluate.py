@@ -28,6 +28,7 @@ import jax
 from ml_collections import config_flags
 
 from token_learner import data
+from token_learner import flag_parsing
 from token_learner import evals as evals_lib
 from token_learner import experiment as experiment_lib
 from token_learner import paths
@@ -118,4 +119,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)

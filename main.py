@@ -26,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from token_learner import fields
+from token_learner import flag_parsing
 from token_learner.train import compile_cache
 from token_learner.train import loop
 from token_learner.train import preemption
@@ -117,4 +118,4 @@ def train(config, workdir, allow_config_change=()):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)

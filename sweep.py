@@ -4,16 +4,17 @@ r"""Runs every named override set of a config's `get_sweep()` and tabulates the 
   python sweep.py --config=configs/digits_tokenlearner.py --workdir=/tmp/tl_sweep --dry_run
 
 Each entry {'name': str, 'overrides': {'model.tokenlearner.num_tokens': 0, ...}} trains into
-WORKDIR/<name>/ (one after another; re-running resumes / re-evaluates finished runs), then
-WORKDIR/results.csv and WORKDIR/results.md list name, overrides, GFLOPs, parameters and the final
-metrics; WORKDIR/results.png plots accuracy vs GFLOPs, one labelled point per run. Command-line
-overrides of --config apply to every run. --dry_run prints the equivalent `python main.py ...`
-command lines instead, e.g. to launch them on a cluster.
+WORKDIR/<name>/ (one after another; re-running resumes / re-evaluates finished runs); names are
+checked first (a folder name: no '/', '..', empty or repeated names). WORKDIR/results.csv and
+WORKDIR/results.md list name, status, overrides, GFLOPs, parameters and the final metrics of
+every entry run so far in WORKDIR (`--only` replaces the rows it runs and keeps the others; status
+fresh / reused / failed: token_learner/sweep_results.py); WORKDIR/results.png plots accuracy vs
+GFLOPs, one labelled point per run. Command-line overrides of --config apply to every run.
+--dry_run prints the equivalent `python main.py ...` command lines instead, e.g. to launch them
+on a cluster.
 """
 import copy
-import csv
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
@@ -24,8 +25,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from token_learner import flag_parsing
+from token_learner import paths
+from token_learner import sweep_results
 from token_learner import tree
-from token_learner import plots
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Root directory; each run goes to WORKDIR/<name>.')
@@ -35,9 +38,6 @@ flags.DEFINE_list('only', [], 'Run only these names of the sweep.')
 flags.DEFINE_bool('subprocess', False, 'Run each entry as `python main.py` in a subprocess '
                   '(default: in this process, one after another).')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-METRICS = ('eval_accuracy', 'eval_top5_accuracy', 'eval_loss', 'train_loss')
-
 
 def load_sweep(config_path: str):
   """The `get_sweep()` list of the config file (path may carry a ':arg' suffix)."""
@@ -58,34 +58,27 @@ def command_line(config_path, workdir, overrides, cli_overrides):
   return args
 
 
-def write_results(root, rows):
-  """results.csv and results.md (a Markdown table) in `root`."""
-  fields = ['name', 'overrides', 'gflops', 'num_params', 'steps', 'wall_time_s', *METRICS]
-  with open(os.path.join(root, 'results.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-  with open(os.path.join(root, 'results.md'), 'w') as f:
-    f.write('| ' + ' | '.join(fields) + ' |\n')
-    f.write('|' + '---|' * len(fields) + '\n')
-    for row in rows:
-      cells = [f'{row[k]:.4g}' if isinstance(row[k], float) else str(row[k]) for k in fields]
-      f.write('| ' + ' | '.join(cells) + ' |\n')
-  plots.accuracy_vs_gflops(os.path.join(root, 'results.png'), rows)
+def _absolute_config(config_path: str) -> str:
+  """The config path made absolute, its ':arg' suffix kept (main.py runs in this folder)."""
+  path, sep, arg = config_path.partition(':')
+  return paths.absolute(path) + sep + arg
 
 
-def result_row(name, overrides, workdir):
-  path = os.path.join(workdir, 'summary.json')
-  row = dict(name=name, overrides=json.dumps(overrides, sort_keys=True))
-  if not os.path.exists(path):
-    return dict(row, gflops='', num_params='', steps='', wall_time_s='',
-                **{k: 'failed' for k in METRICS})
-  with open(path) as f:
-    summary = json.load(f)
-  final = summary['final_metrics']
-  return dict(row, gflops=summary['gflops'], num_params=summary['num_params'],
-              steps=summary['steps'], wall_time_s=round(summary['wall_time_s'], 1),
-              **{k: final.get(k, '') for k in METRICS})
+def run_entry(config_path, workdir, overrides, cli_overrides) -> bool:
+  """Trains / resumes one entry into `workdir`; whether it succeeded."""
+  if FLAGS.subprocess:
+    result = subprocess.run(command_line(config_path, workdir, overrides, cli_overrides),
+                            check=False, cwd=os.path.dirname(os.path.abspath(__file__)))
+    return result.returncode == 0
+  import trainer  # pylint: disable=g-import-not-at-top  # Only runs in-process need jax.
+  config = copy.deepcopy(FLAGS.config)
+  config.update_from_flattened_dict(overrides)
+  try:
+    trainer.train_and_evaluate(config, workdir)
+  except (ValueError, FloatingPointError, OSError) as e:  # A bad entry must not end the sweep.
+    logging.error('Sweep entry %s failed: %s', paths.name(workdir), e)
+    return False
+  return True
 
 
 def main(argv):
@@ -95,6 +88,12 @@ def main(argv):
   cli_overrides = config_flags.get_override_values(FLAGS['config'])
   cli_overrides = tree.flatten(cli_overrides, sep='.')
   sweep = load_sweep(config_path)
+  try:
+    sweep_results.check_names(sweep)
+  except ValueError as e:  # Before anything runs: one line, exit 2.
+    sys.stderr.write(f'sweep.py: {config_path}: {e}\n')
+    sys.exit(2)
+  order = [entry['name'] for entry in sweep]
   if FLAGS.only:
     unknown = set(FLAGS.only) - {entry['name'] for entry in sweep}
     if unknown:
@@ -103,32 +102,25 @@ def main(argv):
 
   if FLAGS.dry_run:
     for entry in sweep:
-      workdir = os.path.join(FLAGS.workdir, entry['name'])
-      print(shlex.join(command_line(config_path, workdir, entry['overrides'], cli_overrides)[1:]
-                       ).replace('main.py', 'python main.py', 1))
+      workdir = paths.join(FLAGS.workdir, entry['name'])
+      args = command_line(config_path, workdir, entry.get('overrides', {}), cli_overrides)
+      print(shlex.join(args[1:]).replace('main.py', 'python main.py', 1))
     return
 
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  rows = []
+  # Resolved once: a --subprocess run's main.py works in this file's folder, not in ours.
+  root, config_path = paths.absolute(FLAGS.workdir), _absolute_config(config_path)
+  paths.makedirs(root)
+  rows = sweep_results.read(root)
   for entry in sweep:
-    name, overrides = entry['name'], entry['overrides']
-    workdir = os.path.join(FLAGS.workdir, name)
+    name, overrides = entry['name'], entry.get('overrides', {})
+    workdir = paths.join(root, name)
     logging.info('Sweep entry %s: %s -> %s', name, overrides, workdir)
-    if FLAGS.subprocess:
-      subprocess.run(command_line(config_path, workdir, overrides, cli_overrides), check=False,
-                     cwd=os.path.dirname(os.path.abspath(__file__)))
-    else:
-      import trainer  # pylint: disable=g-import-not-at-top  # Only runs in-process need jax.
-      config = copy.deepcopy(FLAGS.config)
-      config.update_from_flattened_dict(overrides)
-      try:
-        trainer.train_and_evaluate(config, workdir)
-      except (ValueError, FloatingPointError) as e:  # A bad entry must not end the sweep.
-        logging.error('Sweep entry %s failed: %s', name, e)
-    rows.append(result_row(name, overrides, workdir))
-    write_results(FLAGS.workdir, rows)
-  print(open(os.path.join(FLAGS.workdir, 'results.md')).read())
+    ok = run_entry(config_path, workdir, overrides, cli_overrides)
+    row = sweep_results.summary_row(name, overrides, workdir, ok)
+    rows = sweep_results.merge(rows, [row], order)
+    sweep_results.write(root, rows)
+  print(paths.read_text(paths.join(root, 'results.md')))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)

@@ -20,6 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from token_learner import experiment as experiment_lib
+from token_learner import flag_parsing
 from token_learner.train import checkpoints
 from token_learner.evals import attention_maps
 
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)

@@ -1,7 +1,10 @@
 """prepare_video_data: tiny videos encoded here -> TFRecords -> the training input layer."""
+import json
 import os
+import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 from PIL import Image
@@ -111,7 +114,161 @@ def test_command_line(tmp_path, videos, subprocess_env):
   assert out.returncode == 0, out.stderr[-2000:]
   assert '3 videos written' in out.stdout
   assert sorted(os.listdir(tmp_path / 'tfr')) == [
-      'train-00000-of-00002.tfrecord', 'train-00001-of-00002.tfrecord', 'train.classes.txt']
+      'train-00000-of-00002.tfrecord', 'train-00001-of-00002.tfrecord', 'train.classes.txt',
+      'train.manifest.json']
+
+
+def test_command_line_bad_flag_is_one_line_exit_2(tmp_path, videos, subprocess_env):
+  """The flags' check is check_settings (each case in the test below)."""
+  out = subprocess.run(
+      [sys.executable, 'prepare_video_data.py', f'--videos={videos}', f'--out={tmp_path}/o',
+       '--fps=-1'], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert lines[-1] == ('prepare_video_data.py: flag error: --fps=-1.0 must be a number > 0 (or '
+                       'unset: as stored)')
+  assert 'Traceback' not in out.stderr
+  assert not [n for n in os.listdir(tmp_path) if n.startswith('o')]  # Nothing written.
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(fps=0), '--fps=0 must be a number > 0'),
+    (dict(fps=float('nan')), '--fps=nan must be'),
+    (dict(short_side=0), '--short_side=0 must be an integer > 0'),
+    (dict(num_shards=0), '--shards=0 must be an integer >= 1'),
+    (dict(quality=101), '--quality=101 must be an integer in [1, 100]'),
+    (dict(decode_timeout=0), '--decode_timeout=0 must be a number of seconds > 0'),
+])
+def test_settings_are_checked_before_anything_is_written(tmp_path, videos, kwargs, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    prepare.write_shards(prepare.list_examples(str(videos)), str(tmp_path / 'o'),
+                         progress=False, **kwargs)
+  assert not [n for n in os.listdir(tmp_path) if n.startswith('o')]
+
+
+def _peak_rss_growth(fn):
+  """Peak resident memory (bytes) while `fn()` runs, above the resident memory before it."""
+  status = lambda key: int(next(l for l in open('/proc/self/status') if l.startswith(key))
+                           .split()[1]) * 1024
+  with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # Linux: reset the peak (VmHWM) to the current resident set.
+  before = status('VmRSS')
+  fn()
+  return status('VmHWM') - before
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/clear_refs'), reason='Linux peak-RSS reset')
+def test_memory_does_not_grow_with_the_video_duration(tmp_path):
+  """A 4x longer 640x360 clip: frames are resized and encoded as they are decoded, so peak
+  memory stays put (holding the full-size frames would add ~0.9 MB per frame: ~65 MB)."""
+  short, long = tmp_path / 'short.mp4', tmp_path / 'long.mp4'
+  _write_video(short, [100] * 24, size=(360, 640), fps=24)
+  _write_video(long, [100] * 96, size=(360, 640), fps=24)
+  write = lambda clip, name: lambda: prepare.write_shards(
+      [prepare.Example(str(clip), ('a',))], str(tmp_path / name), short_side=16,
+      progress=False)
+  write(short, 'warmup')()  # TensorFlow's import and first allocations
+  growth_short = _peak_rss_growth(write(short, 'short'))
+  growth_long = _peak_rss_growth(write(long, 'long'))
+  print(f'peak RSS growth: 24 frames {growth_short / 2**20:.1f} MiB, '
+        f'96 frames {growth_long / 2**20:.1f} MiB')
+  assert growth_long - growth_short < 16 * 2**20, (growth_short, growth_long)
+  manifest = json.load(open(tmp_path / 'long.manifest.json'))
+  assert manifest['shards_complete']['long-00000-of-00001.tfrecord']['frames'] == 96
+
+
+def _in_thread(fn, timeout=60):
+  """fn()'s result or exception; fails if it does not return within `timeout` s."""
+  out = {}
+  def run():
+    try:
+      out['result'] = fn()
+    except Exception as e:  # pylint: disable=broad-except
+      out['error'] = e
+  thread = threading.Thread(target=run, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  assert not thread.is_alive(), 'blocked'
+  return out
+
+
+def test_fifo_or_device_named_like_a_video_is_refused_without_opening_it(tmp_path, videos):
+  os.mkfifo(videos / 'cat' / 'pipe.mp4')
+  os.symlink('/dev/zero', videos / 'cat' / 'zero.mp4')
+  examples = prepare.list_examples(str(videos))
+  out = _in_thread(lambda: prepare.write_shards(examples, str(tmp_path / 'o'), progress=False))
+  assert isinstance(out.get('error'), ValueError)
+  assert 'pipe.mp4' in str(out['error']) and 'not a regular file' in str(out['error'])
+  out = _in_thread(lambda: prepare.write_shards(examples, str(tmp_path / 'o'),
+                                                skip_unreadable=True, progress=False))
+  assert out['result']['skipped'] == 2 and out['result']['written'] == 3
+
+
+def test_decode_deadline_names_the_video(tmp_path):
+  _write_video(tmp_path / 'v.mp4', [50] * 10)
+  with pytest.raises(ValueError, match=r"v\.mp4.*longer than 1e-09 s \(--decode_timeout\)"):
+    prepare.read_frames(str(tmp_path / 'v.mp4'), decode_timeout=1e-9)
+  assert len(prepare.read_frames(str(tmp_path / 'v.mp4'), decode_timeout=60)) == 10
+
+
+def test_csv_paths_stay_inside_its_folder_and_labels_are_names(tmp_path):
+  root = tmp_path / 'data'
+  root.mkdir()
+  _write_video(root / 'v.mp4', [50] * 2)
+  _write_video(tmp_path / 'outside.mp4', [50] * 2)
+  (root / 'folder.mp4').mkdir()
+  (root / 'no_frames').mkdir()
+  def listed(text, **kwargs):
+    (root / 'list.csv').write_text(text)
+    return prepare.list_examples(str(root / 'list.csv'), **kwargs)
+  assert listed('v.mp4,a\n')[0].path == str(root / 'v.mp4')
+  for row, message in [
+      ('../outside.mp4,a', "list.csv:2: path '../outside.mp4' is outside"),
+      (f'{tmp_path}/outside.mp4,a', 'is outside'),
+      ('sub/../../outside.mp4,a', 'is outside'),
+      ('folder.mp4,a', "list.csv:2: 'folder.mp4' is a folder, not a video file"),
+      ('no_frames,a', "list.csv:2: 'no_frames' is a folder"),
+      ('v.mp4,"a\nb"', "list.csv:2 (v.mp4): label 'a\\nb' must be a non-empty name"),
+      ('v.mp4,a\tb', "label 'a\\tb' must be"),
+      ('v.mp4,,a', "list.csv:2 (v.mp4): label '' must be"),
+  ]:
+    with pytest.raises(ValueError, match=re.escape(message)):
+      listed('v.mp4,a\n' + row + '\n')
+  examples = listed('../outside.mp4,a\n', allow_outside_root=True)
+  assert examples[0].path == str(root / '..' / 'outside.mp4')
+
+
+def test_manifest_and_a_rerun_with_other_settings_is_refused(tmp_path, videos):
+  examples = prepare.list_examples(str(videos))
+  prefix = str(tmp_path / 'out' / 'train')
+  prepare.write_shards(examples, prefix, num_shards=2, short_side=16, progress=False)
+  manifest = json.load(open(prefix + '.manifest.json'))
+  assert {k: manifest['settings'][k] for k in ('classes', 'fps', 'short_side', 'shards',
+                                               'quality', 'videos')} == dict(
+      classes=['cat', 'dog'], fps=None, short_side=16, shards=2, quality=90, videos=3)
+  # Shard 0: a.mp4 (6 frames) and c_frames (3); shard 1: b.mp4 (4).
+  assert manifest['shards_complete'] == {
+      'train-00000-of-00002.tfrecord': dict(videos=2, frames=9, skipped=0),
+      'train-00001-of-00002.tfrecord': dict(videos=1, frames=4, skipped=0)}
+  shards = sorted(os.listdir(tmp_path / 'out'))
+  contents = {n: open(tmp_path / 'out' / n, 'rb').read() for n in shards}
+  for kwargs, named in [(dict(num_shards=3, short_side=16), 'shards 2 -> 3'),
+                        (dict(num_shards=2, short_side=32), 'short_side 16 -> 32'),
+                        (dict(num_shards=2, short_side=16, classes=['cat', 'dog', 'eel']),
+                         'classes 2 classes -> 3 classes'),
+                        (dict(num_shards=2, short_side=16, fps=5.0), 'fps None -> 5.0')]:
+    with pytest.raises(ValueError, match=re.escape(named)):
+      prepare.write_shards(examples, prefix, progress=False, **kwargs)
+  with pytest.raises(ValueError, match='videos 3 -> 2'):
+    prepare.write_shards(examples[:2], prefix, num_shards=2, short_side=16, progress=False)
+  # Nothing was touched by the refused reruns: no shard of another count beside the old ones.
+  assert {n: open(tmp_path / 'out' / n, 'rb').read() for n in os.listdir(tmp_path / 'out')} == (
+      contents)
+  again = prepare.write_shards(examples, prefix, num_shards=2, short_side=16, progress=False)
+  assert (again['shards_done'], again['written']) == (2, 0)
+  os.remove(prefix + '.manifest.json')  # Shards of unknown settings are never mixed either.
+  with pytest.raises(ValueError, match='2 shards exist without a manifest'):
+    prepare.write_shards(examples, prefix, num_shards=2, short_side=16, progress=False)
 
 
 def test_public_annotation_csvs(tmp_path):

@@ -16,9 +16,10 @@ model's input size from the dataset) and are not accepted in a config.
     shots: Tuple[int, ...] = field((1, 5), minimum=1)  # lists become tuples, each entry checked
 
 int and float fields are non-negative unless `minimum` says otherwise; ints pass as floats (and
-become floats). Choices and bounds of a tuple apply to each entry. Cross-field rules, and fields
-of a shape `validate` does not know (declared `field(..., custom=True)`), stay in the section's
-`__post_init__`, written with the checkers below.
+become floats); ints stay within int64 whatever `maximum` says. Choices and bounds of a tuple
+apply to each entry. Cross-field rules, and fields of a shape `validate` does not know (declared
+`field(..., custom=True)`), stay in the section's `__post_init__`, written with the checkers
+below.
 """
 import collections.abc
 import contextlib
@@ -179,12 +180,20 @@ def from_dict(cls, values: Mapping[str, Any], where: str, **derived_values):
   return cls(**values, **derived_values)
 
 
+# Every integer field ends up in an int64 somewhere (numpy, TF, XLA): a larger one would pass
+# validation and overflow later, mid-run, as a traceback far from the field.
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
 def check_int(where: str, value, minimum: int = 0, maximum: float = math.inf) -> int:
+  """`value` as an integer in [minimum, maximum], also within int64 (no bound is infinite)."""
+  minimum, maximum = max(minimum, INT64_MIN), min(maximum, INT64_MAX)
   if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
       or value > maximum):
-    bounds = f'>= {minimum}' if maximum == math.inf else f'in [{minimum}, {maximum}]'
+    too_large = isinstance(value, int) and value > maximum
+    bounds = f'in [{minimum}, {maximum}]' if too_large or maximum < INT64_MAX else f'>= {minimum}'
     raise ValueError(f'{where}={value!r} must be an integer {bounds}')
-  return value
+  return int(value)
 
 
 def check_number(where: str, value, minimum: float = 0.0, maximum: float = math.inf,

@@ -32,7 +32,8 @@ field = fields.field
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Validated trainer settings; `num_classes` comes from the model section."""
-  seed: int = 0
+  # jax.random.key keeps 32 bits of a seed without x64: 2**32 + 5 would silently be seed 5.
+  seed: int = field(0, maximum=2**32 - 1)
   batch_size: int = field(512, minimum=1)  # global, over all devices and processes
   eval_batch_size: int = field(512, minimum=1)  # global; config.evals.<name>.batch_size overrides
   num_train_steps: Optional[int] = field(None, minimum=1)  # None: from num_epochs, dataset size
