@@ -115,8 +115,7 @@ def ignored_files(info) -> str:
   hidden, other = info.ignored_hidden, info.ignored_other
   if not hidden + other:
     return ''
-  return (f'; {hidden + other} files ignored ({hidden} hidden, {other} not '
-          f'.png/.jpg/.jpeg)')
+  return f'; {hidden + other} files ignored ({hidden} hidden, {other} not images)'
 
 
 def log_setup(experiment, cfg, mesh, info, state, gflops: float, num_params: int):
