@@ -71,7 +71,7 @@ def corrupt_error(source: stream.Source, bad) -> ValueError:
   index, where, error = bad[0]
   more = f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''
   return ValueError(f'Corrupt or unreadable image in {source.description}: {where} (record '
-                    f'{index}){more}: {error or "unreadable record"}. Set '
+                    f'{index}){more}: {(error or "unreadable record").rstrip(".")}. Set '
                     'config.dataset.skip_corrupt=True to skip such images.')
 
 

@@ -158,11 +158,16 @@ def _list(folder: str, what: str) -> list:
                      f'{getattr(e, "strerror", None) or e}') from None
 
 
-def shown(path) -> str:
-  """`path` quoted for a message; the bytes of a non-UTF-8 name are shown as \\xNN escapes."""
+def printable(path) -> str:
+  """`path` for a message: the bytes of a non-UTF-8 name are shown as \\xNN escapes."""
   if isinstance(path, bytes):
     path = os.fsdecode(path)
-  return repr(path.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace'))
+  return path.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
+def shown(path) -> str:
+  """`path` quoted for a message (see `printable`)."""
+  return f"'{printable(path)}'"
 
 
 def _split_folder(cfg: ImageData, split: str, field: str) -> str:
@@ -254,7 +259,7 @@ def check_image_folder(source: _ImageSource, skip_corrupt: bool) -> int:
   `decode` then applies."""
   results = corrupt_images.scan_files(source, source.files,
                                       paths.join(source.root, corrupt_images.SCAN_CACHE))
-  bad = [(i, shown(f)[1:-1], error)
+  bad = [(i, printable(f), error)
          for i, (f, (error, _)) in enumerate(zip(source.files, results)) if error]
   if bad and not skip_corrupt:
     raise corrupt_images.corrupt_error(source, bad)
