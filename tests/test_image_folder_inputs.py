@@ -98,6 +98,25 @@ def test_cache_of_a_read_only_root_is_skipped_with_a_warning(tmp_path, monkeypat
   assert 'Cannot write the image scan cache' in caplog.text
 
 
+def test_exif_rotation_reaches_the_batches(tmp_path):
+  """Stored left half red, right half blue, tag 6 (rotate 90 clockwise): displayed, the top
+  half is red, the bottom blue, in eval batches and in train batches (augment=False: the eval
+  view, through the same decode)."""
+  stored = np.zeros((32, 48, 3), np.uint8)
+  stored[:, :24, 0] = 255
+  stored[:, 24:, 2] = 255
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  for split in ('train', 'test'):
+    save(str(tmp_path / split / 'cat' / 'turned.png'), stored, exif=exif.tobytes())
+  cfg = folder_cfg(tmp_path, image_size=16)
+  for batch in (next(iter(data.eval_input(cfg, batch_size=1))),
+                next(data.train_iterator(cfg, seed=0, batch_size=1))):
+    image = batch['inputs'][0].astype(int)
+    assert (image[:6, :, 0] > 200).all() and (image[:6, :, 2] < 50).all()
+    assert (image[10:, :, 2] > 200).all() and (image[10:, :, 0] < 50).all()
+
+
 @pytest.mark.parametrize('fmt', ['PNG', 'JPEG'])
 def test_exif_orientation_is_applied_in_train_and_eval(tmp_path, fmt):
   """Each orientation tag 1..8 gives the image as PIL's ImageOps.exif_transpose displays it,
