@@ -210,3 +210,27 @@ def test_unlistable_folder_is_one_line_naming_it(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"cannot list the class folder '.*train/dog': "
                      'Permission denied'):
     data.dataset_info(folder_cfg(tmp_path))
+
+
+def test_url_root_is_read_through_the_path_layer(tmp_path, monkeypatch):
+  """A root such as gs://bucket/photos: every listing, stat, read and the scan cache go through
+  token_learner.paths and TensorFlow's file system (here a fake bucket mapped onto a local
+  folder; a local os.* call on the URL would find nothing)."""
+  from token_learner import paths  # pylint: disable=g-import-not-at-top
+  local, url = str(tmp_path / 'bucket'), 'gs://bucket'
+  two_classes(local, 'train')
+  two_classes(local, 'test')
+  to_local = lambda p: local + p[len(url):] if str(p).startswith(url) else p
+  for name in ('listdir', 'isdir', 'exists', 'read_text', 'open_file', 'write_text_atomic'):
+    original = getattr(paths, name)
+    monkeypatch.setattr(paths, name, lambda p, *a, f=original: f(to_local(p), *a))
+  read_file, stat = tf.io.read_file, tf.io.gfile.stat
+  monkeypatch.setattr(tf.io, 'read_file',
+                      lambda p: read_file(tf.strings.regex_replace(p, f'^{url}', local)))
+  monkeypatch.setattr(tf.io.gfile, 'stat', lambda p: stat(to_local(p)))
+  cfg = folder_cfg(url)
+  assert data.dataset_info(cfg).num_eval == 4
+  batches = list(data.eval_input(cfg, batch_size=4))
+  assert sorted(batches[0]['inputs'][:, 0, 0, 0]) == [0, 1, 40, 41]
+  cache = json.loads(open(os.path.join(local, corrupt_images.SCAN_CACHE)).read())['files']
+  assert sorted(cache) == sorted(f'{url}/test/{c}/{i}.png' for c in ('cat', 'dog') for i in (0, 1))

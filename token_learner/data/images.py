@@ -1,9 +1,18 @@
 """Image datasets (`ImageData`): sources, decoding, train augmentation and eval crops.
 
 Sources (`config.dataset.name`): 'digits' (scikit-learn's bundled 8x8 handwritten digits, no
-download), 'image_folder' (`ROOT/<split>/<class>/*.png|jpg|jpeg`; labels index the train split's
-class folders) or any TFDS name with 'image' and 'label' features (a record stream, shuffled by a
-buffer seeded per epoch). Splits accept the TFDS slicing syntax ('train[:90%]') everywhere.
+download), 'image_folder' (`ROOT/<split>/<class>/<images>`, ROOT a folder or a URL such as
+gs://bucket/photos, read through `token_learner.paths` and TensorFlow's file systems; labels index
+the train split's class folders) or any TFDS name with 'image' and 'label' features (a record
+stream, shuffled by a buffer seeded per epoch). Splits accept the TFDS slicing syntax
+('train[:90%]') everywhere.
+
+image_folder files: those with an image extension (guide.IMAGE_EXTENSIONS) are the split's
+images, whatever their format turns out to be: the decoder reads it from the bytes (PNG, JPEG,
+GIF, BMP, WebP; a WebP named .jpg is a WebP), in training and evaluation alike; a file it cannot
+decode (a TIFF, a truncated JPEG) is an error naming it. The EXIF orientation tag is applied (an
+image tagged "rotate 90" comes out rotated, as a photo viewer shows it). File names need not be
+UTF-8 (paths are carried as bytes; messages show odd bytes as \\xNN).
 
 Reading at scale: with random access (digits, image_folder) every process reads only the records
 of its rows. A TFDS train split is read as `config.dataset.read_shards` (default: the process
@@ -18,11 +27,14 @@ image_size, and a random horizontal flip; digits instead get a shift of up to 1/
 no flip (a mirrored digit is another symbol, or none). Eval: resize the short side to S / 0.875
 and take the centre S crop (standard ImageNet eval).
 
-Corrupt images: by default the first decode failure stops the iterator with a ValueError naming
-the file (image_folder) or the record (TFDS). With `config.dataset.skip_corrupt=True` the split is
-scanned once when an iterator is created (one decode per image) and corrupt records are dropped
-from it before the stream is built, so positions, resume and process slicing stay exact; the
-count is logged and kept in `iterator.num_skipped` (see `token_learner.data.corrupt_images`).
+Corrupt images: an image_folder split is decoded in full once when an iterator is created,
+before any batch (results cached in the root, see `corrupt_images.scan_files`): a corrupt file
+is an error naming it, or with `config.dataset.skip_corrupt=True` it is dropped. For TFDS the
+first decode failure stops the iterator with a ValueError naming the record; with skip_corrupt
+the split is scanned once (one decode per image) when an iterator is created. Corrupt records are
+dropped from the split before the stream is built, so positions, resume and process slicing
+stay exact; the count is logged and kept in `iterator.num_skipped` (see
+`token_learner.data.corrupt_images`).
 """
 import dataclasses
 import os
