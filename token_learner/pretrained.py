@@ -41,6 +41,12 @@ tensorstore checkpoint folders are not read: convert them to `.npz` first. This 
 layout (`Transformer/encoderblock_scan_{k}`, config.model.scan_layers) is read too, and a scanned
 model receives any of these sources: everything is mapped in the unrolled layout, then stacked
 (`token_learner.layer_scan`).
+
+A `.npz` is read member by member from the zip, only the arrays the model needs (`read_npz`; the
+old head is not read unless load_head), and each is checked from its `.npy` header before its data
+is read (floating-point dtype, the zip's declared size equal to the header's, no more values than
+the model parameter it maps to) and then for NaN / Inf; every error names the key.
+`check_npz` runs these checks in the trainer before anything is compiled.
 """
 import math
 import os
