@@ -70,7 +70,7 @@ def test_scan_is_cached_by_path_size_and_mtime(tmp_path, caplog):
     data.eval_input(cfg, batch_size=4)
   assert 'Decoding 4 image(s)' in caplog.text
   cache = json.loads((tmp_path / corrupt_images.SCAN_CACHE).read_text())['files']
-  assert sorted(cache) == sorted(str(p) for p in (tmp_path / 'test').glob('*/*.png'))
+  assert sorted(cache) == ['test/cat/0.png', 'test/cat/1.png', 'test/dog/0.png', 'test/dog/1.png']
   caplog.clear()
   with caplog.at_level(logging.INFO):
     data.eval_input(cfg, batch_size=4)  # A restart: nothing decoded again.
@@ -233,4 +233,4 @@ def test_url_root_is_read_through_the_path_layer(tmp_path, monkeypatch):
   batches = list(data.eval_input(cfg, batch_size=4))
   assert sorted(batches[0]['inputs'][:, 0, 0, 0]) == [0, 1, 40, 41]
   cache = json.loads(open(os.path.join(local, corrupt_images.SCAN_CACHE)).read())['files']
-  assert sorted(cache) == sorted(f'{url}/test/{c}/{i}.png' for c in ('cat', 'dog') for i in (0, 1))
+  assert sorted(cache) == [f'test/{c}/{i}.png' for c in ('cat', 'dog') for i in (0, 1)]

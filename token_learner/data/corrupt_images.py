@@ -14,6 +14,7 @@ the split folders), keyed by each file's path, size and modification time and by
 version: a restart decodes only the files that changed. A root that cannot be written (read-only
 disk or bucket) is scanned every time, with a warning.
 """
+from concurrent import futures
 import json
 import os
 import re
@@ -91,6 +92,7 @@ def checks(source: stream.Source):
 
 
 SCAN_CACHE = '.token_learner_image_scan.json'
+_IO_THREADS = 16  # stat / EXIF reads in flight at once (each a request on a bucket)
 _CACHE_VERSION = 1
 
 
@@ -141,23 +143,32 @@ def exif_orientation(path: str) -> int:
   return tag if isinstance(tag, int) and 1 <= tag <= 8 else 1
 
 
+def _try_stat(path: str):
+  try:
+    return _stat(path)
+  except (OSError, tf.errors.OpError) as e:
+    return f'unreadable: {getattr(e, "strerror", None) or e}'
+
+
 def scan_files(source: stream.Source, files: Sequence[str], cache_path: str) -> list:
   """[(error or None, EXIF orientation)] of each of `files` (the records of `source`, in order):
   each file not in the cache at `cache_path` (or changed since) is decoded in full once by
-  `source.decode`; the cache is then updated."""
+  `source.decode`; the cache is then updated. Its keys are the paths relative to the cache's
+  folder (the root), so a moved dataset keeps its cache."""
   cache = _read_cache(cache_path)
+  root = paths.parent(cache_path).rstrip('/') + '/'
+  key = lambda path: path[len(root):] if path.startswith(root) else path
+  with futures.ThreadPoolExecutor(_IO_THREADS) as pool:  # Latency-bound on a bucket.
+    stats = list(pool.map(_try_stat, files))
   results, todo = [None] * len(files), []
-  for i, path in enumerate(files):
-    try:
-      size, mtime = _stat(path)
-    except (OSError, tf.errors.OpError) as e:
-      results[i] = (f'unreadable: {getattr(e, "strerror", None) or e}', 1)
-      continue
-    entry = cache.get(path)
-    if isinstance(entry, list) and len(entry) == 4 and entry[:2] == [size, mtime]:
+  for i, (path, stat) in enumerate(zip(files, stats)):
+    entry = cache.get(key(path))
+    if isinstance(stat, str):
+      results[i] = (stat, 1)
+    elif isinstance(entry, list) and len(entry) == 4 and entry[:2] == list(stat):
       results[i] = (entry[2], entry[3])
     else:
-      todo.append((i, size, mtime))
+      todo.append((i, *stat))
   if todo:
     logging.info('Decoding %d image(s) of %s once (%d cached).', len(todo), source.description,
                  len(files) - len(todo))
@@ -166,10 +177,12 @@ def scan_files(source: stream.Source, files: Sequence[str], cache_path: str) -> 
         lambda k, raw: (k, tf.shape(source.decode(raw))[0]),
         num_parallel_calls=stream.AUTOTUNE, deterministic=False)
     good = {int(k) for k, _ in ds.ignore_errors().as_numpy_iterator()}
+    with futures.ThreadPoolExecutor(_IO_THREADS) as pool:
+      tags = list(pool.map(lambda k: exif_orientation(files[todo[k][0]]) if k in good else 1,
+                           range(len(todo))))
     for k, (i, size, mtime) in enumerate(todo):
       error = None if k in good else (decode_error(source, raws[k]) or 'unreadable')
-      orientation = 1 if error else exif_orientation(files[i])
-      results[i] = (error, orientation)
-      cache[files[i]] = [size, mtime, error, orientation]
+      results[i] = (error, tags[k])
+      cache[key(files[i])] = [size, mtime, error, tags[k]]
     _write_cache(cache_path, cache)
   return results
