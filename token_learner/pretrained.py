@@ -41,10 +41,18 @@ tensorstore checkpoint folders are not read: convert them to `.npz` first. This 
 layout (`Transformer/encoderblock_scan_{k}`, config.model.scan_layers) is read too, and a scanned
 model receives any of these sources: everything is mapped in the unrolled layout, then stacked
 (`token_learner.layer_scan`).
+
+A `.npz` is read member by member from the zip, only the arrays the model needs (`read_npz`; the
+old head is not read unless load_head), and each is checked from its `.npy` header before its data
+is read (floating-point dtype, the zip's declared size equal to the header's, no more values than
+the model parameter it maps to) and then for NaN / Inf; every error names the key.
+`check_npz` runs these checks in the trainer before anything is compiled.
 """
+import math
 import os
 import re
-from typing import Dict
+from typing import Dict, Optional
+import zipfile
 
 from absl import logging
 import jax
@@ -91,11 +99,7 @@ def _canonical_keys(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """big_vision names and scanned layers -> the vit_jax layout (and semantics) of this project."""
   flat = {re.sub(r'^params/', '', k): v for k, v in flat.items()}
   flat = flatten(layer_scan.to_unrolled(unflatten(flat)))  # This project's scanned layout.
-  heads = sorted(k for k in flat if k.startswith('MAPHead'))
-  if heads:
-    raise ValueError(f'{heads[0]}: the checkpoint has a MAP head (big_vision pool_type=\'map\'),'
-                     " which this project's models do not support (config.model.classifier "
-                     "'gap' or 'token'); export a 'gap' or 'tok' model")
+  _refuse_map_head(flat)
   out = {}
   for key, v in flat.items():
     if key == 'pos_embedding':  # big_vision: h*w entries, added before the CLS is prepended.
@@ -115,19 +119,150 @@ def _canonical_keys(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return out
 
 
-def load_flat(path: str, kind: str) -> Dict[str, np.ndarray]:
-  """Reads a `.npz` (either kind) or an orbax checkpoint (kind 'checkpoint') into {key: array}."""
+def _refuse_map_head(keys):
+  heads = sorted(k for k in keys if re.sub(r'^params/', '', k).startswith('MAPHead'))
+  if heads:
+    raise ValueError(f'{heads[0]}: the checkpoint has a MAP head (big_vision pool_type=\'map\'),'
+                     " which this project's models do not support (config.model.classifier "
+                     "'gap' or 'token'); export a 'gap' or 'tok' model")
+
+
+def load_flat(path: str, kind: str, params=None, load_head: bool = False
+              ) -> Dict[str, np.ndarray]:
+  """Reads a `.npz` (either kind) or an orbax checkpoint (kind 'checkpoint') into {key: array}.
+
+  With `params` (the model's parameters, arrays or shapes) a `.npz` is read lazily: only the
+  members the model needs (`read_npz`), each checked first.
+  """
   if kind not in KINDS:
     raise ValueError(f'config.init_from.kind={kind!r} is not one of {list(KINDS)}')
   if path.endswith('.npz'):
-    with open(path, 'rb') as f, np.load(f) as data:
-      flat = {k: np.asarray(data[k]) for k in data.files}
+    flat = read_npz(path, params, load_head)
   elif kind == 'checkpoint':
     # Verified like a resume: digest, finite values; refused without the metadata to check.
     flat = {k: np.asarray(v) for k, v in flatten(checkpoints.restore_params(path)).items()}
   else:
     raise ValueError(f"config.init_from.path={path!r}: kind 'vit_npz' needs a .npz file")
   return _canonical_keys(flat)
+
+
+# --- .npz files: read lazily, each member checked before it is read --------------------------
+
+# A position embedding may come from a larger grid (resampled down, e.g. 384 -> 224 pixels): up
+# to this many times the model's entries; every other member at most the model's parameter.
+POSEMB_SLACK = 16
+
+
+def _npz_members(zf: zipfile.ZipFile, path: str) -> Dict[str, tuple]:
+  """{key: (member name, shape, dtype, bytes before the data)} from the `.npy` headers alone."""
+  members = {}
+  for info in zf.infolist():
+    if not info.filename.endswith('.npy'):
+      continue  # np.savez writes only .npy members; anything else is not an array.
+    key = info.filename[:-len('.npy')]
+    try:
+      with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(f)
+        offset = f.tell()
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+      raise ValueError(f'{key}: not a readable .npy member of config.init_from.path={path!r} '
+                       f'({e})') from None
+    members[key] = (info, tuple(int(d) for d in shape), dtype, offset)
+  return members
+
+
+def _canonical_name(key: str):
+  """(key in the unrolled vit_jax layout, stacked): the name-only part of `_canonical_keys`;
+  stacked members (a leading layer axis) have `{i}` for the layer."""
+  key = re.sub(r'^params/', '', key)
+  if key == 'pos_embedding':
+    return _POSEMB, False
+  m = re.match(r'^Transformer/encoderblock(_\d+|_scan_\d+|)/(.*)$', key)
+  if not m:
+    return key, False
+  rest = f'/{m.group(2)}'
+  for old, new in (('MultiHeadDotProductAttention_0', 'MultiHeadDotProductAttention_1'),
+                   ('LayerNorm_1', 'LayerNorm_2'), ('MlpBlock_0', 'MlpBlock_3')):
+    rest = rest.replace(f'/{old}/', f'/{new}/')
+  stacked = not m.group(1).lstrip('_').isdigit()
+  return 'Transformer/encoderblock_' + ('{i}' if stacked else m.group(1)[1:]) + rest, stacked
+
+
+def _model_shapes(params) -> Dict[str, tuple]:
+  """{key: shape} of the model's parameters in the unrolled layout (arrays or shapes)."""
+  shapes = jax.eval_shape(layer_scan.to_unrolled, params)
+  return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
+
+
+def _bound(key: str, canonical: str, stacked: bool, shape, model: Dict[str, tuple],
+           load_head: bool) -> Optional[int]:
+  """The most values member `key` may hold, None when the model does not need it."""
+  if stacked:
+    layers = [s for k, s in model.items() if re.fullmatch(
+        re.escape(canonical).replace(re.escape('{i}'), r'\d+'), k)]
+    return len(layers) * max(math.prod(s) for s in layers) if layers else None
+  if canonical == 'cls':  # Read whenever present: it decides the position embedding's layout.
+    return math.prod(model['cls']) if 'cls' in model else max(map(math.prod, model.values()))
+  if canonical not in model or (canonical.startswith('head/') and not load_head):
+    return None
+  if _FRESH.match(canonical) and shape != model[canonical]:
+    logging.info('Re-creating %s: checkpoint %s, model %s', canonical, shape, model[canonical])
+    return None  # A new module's parameter: kept freshly initialised, never read.
+  return math.prod(model[canonical]) * (POSEMB_SLACK if canonical == _POSEMB else 1)
+
+
+def read_npz(path: str, params=None, load_head: bool = False) -> Dict[str, np.ndarray]:
+  """{key: array} of the `.npz` at `path`: with `params`, only the members the model needs.
+
+  Each member is checked before its data is read: a floating-point dtype (complex, integer,
+  bool and object arrays are refused), a declared uncompressed size equal to what its `.npy`
+  header needs (a zip bomb declares more), at most the values of the model parameter it maps
+  to (POSEMB_SLACK times for the position embedding); then its values must be finite. Every
+  error names the key. Members are read one at a time from the zip (no NpzFile of all).
+  """
+  try:
+    zf = zipfile.ZipFile(path)
+  except (OSError, zipfile.BadZipFile) as e:
+    raise ValueError(f'config.init_from.path={path!r} is not a readable .npz file ({e})') from None
+  model = None if params is None else _model_shapes(params)
+  flat = {}
+  with zf:
+    members = _npz_members(zf, path)
+    _refuse_map_head(members)  # Unused by the model, yet it says the source cannot be mapped.
+    for key, (info, shape, dtype, offset) in members.items():
+      canonical, stacked = _canonical_name(key)
+      bound = None if model is None else _bound(key, canonical, stacked, shape, model, load_head)
+      if model is not None and bound is None:
+        continue
+      if dtype.kind != 'f':
+        raise ValueError(f'{key}: dtype {dtype} in {path!r} is not a floating-point type; '
+                         'refusing to load it')
+      size = math.prod(shape)
+      if info.file_size != offset + size * dtype.itemsize:
+        raise ValueError(f'{key}: its zip member declares {info.file_size} bytes but its .npy '
+                         f'header ({shape}, {dtype}) needs {offset + size * dtype.itemsize}: '
+                         f'a corrupt or malicious file {path!r}')
+      if bound is not None and size > bound:
+        raise ValueError(f'{key}: checkpoint shape {shape} ({size} values) is larger than the '
+                         f'model parameter it maps to ({canonical}, at most {bound} values)')
+      with zf.open(info) as f:
+        value = np.lib.format.read_array(f, allow_pickle=False)
+      bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+      if bad:
+        raise ValueError(f'{key}: {bad} non-finite value(s) (NaN / Inf) in {path!r}')
+      flat[key] = value
+  return flat
+
+
+def check_npz(init: InitConfig, params):
+  """Runs the checks of `read_npz` on config.init_from's `.npz` against the model's parameters
+  (arrays or shapes, e.g. `Run.abstract_state.params`) before anything is compiled; a no-op for
+  other sources."""
+  if init.path and init.kind not in hf_timm.KINDS and init.path.endswith('.npz'):
+    read_npz(init.path, params, init.load_head)
 
 
 def inflate_kernel(kernel, t: int, how: str):
@@ -302,5 +437,5 @@ def init_from(params, init: InitConfig, model_cfg: ModelConfig):
   if init.kind in hf_timm.KINDS:
     src = hf_timm.load_flat(init.path, init.kind, model_cfg.num_heads)
   else:
-    src = load_flat(init.path, init.kind)
+    src = load_flat(init.path, init.kind, params, init.load_head)
   return map_params(params, src, model_cfg, init.inflation, init.load_head)

@@ -7,7 +7,6 @@ naming `config.dataset.<field>`, so a bad config fails before any data is read.
 """
 import dataclasses
 import math
-import os
 from typing import Optional, Tuple, Union
 
 from token_learner import fields
@@ -84,7 +83,8 @@ class _Data:
 @dataclasses.dataclass(frozen=True)
 class ImageData(_Data):
   """An image dataset: 'digits' (scikit-learn, offline), 'image_folder' or a TFDS name."""
-  root: Optional[str] = None  # image_folder: ROOT/<split>/<class>/*.png|jpg|jpeg
+  # image_folder: ROOT/<split>/<class>/<images> (guide.IMAGE_EXTENSIONS), a folder or a URL.
+  root: Optional[str] = None
   skip_corrupt: bool = False  # Drop undecodable images (scanned once) instead of failing.
   # TFDS: the seeded per-epoch shuffle of the record stream.
   shuffle_buffer: int = fields.field(10_000, minimum=1)
@@ -109,7 +109,17 @@ class ImageData(_Data):
     if self.source == 'image_folder':
       if not self.root:
         raise ValueError(f"{WHERE}.root must be set when {WHERE}.name='image_folder'.")
-      if not os.path.isdir(self.root):
+      if not isinstance(self.root, str):
+        raise ValueError(f'{WHERE}.root={self.root!r} must be a path (a folder or a URL such '
+                         'as gs://bucket/data)')
+      from token_learner import paths  # pylint: disable=g-import-not-at-top (etils: not light)
+      try:
+        found = paths.isdir(self.root)
+      except Exception as e:  # pylint: disable=broad-except
+        # A URL's file system may fail (no credentials, no such bucket): one line, no traceback.
+        raise ValueError(f'{WHERE}.root={self.root!r} cannot be read: '
+                         f'{type(e).__name__}: {e}'.splitlines()[0]) from None
+      if not found:
         raise ValueError(guide.image_folder_missing(
             self.root, f'{WHERE}.root={self.root!r} is not a directory', self.train_split,
             self.eval_split))
@@ -205,6 +215,6 @@ class DatasetInfo:
   num_views: int = 1  # eval views per example: eval_clips * eval_crops for videos.
   multi_label: bool = False
   # image_folder: files of its split folders left out, hidden (a leading '.') or with an
-  # extension other than .png/.jpg/.jpeg.
+  # extension that is not an image's (guide.IMAGE_EXTENSIONS).
   ignored_hidden: int = 0
   ignored_other: int = 0

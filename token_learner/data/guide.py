@@ -11,7 +11,15 @@ import os
 from typing import Optional, Tuple
 
 DOC = 'docs/datasets.md'
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+# image_folder files taken as images. The format is then read from the content (TensorFlow decodes
+# PNG, JPEG, GIF, BMP and WebP, whatever the name says); TIFF is listed so that a .tif is
+# reported by name as undecodable instead of silently left out.
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.jfif', '.gif', '.bmp', '.webp', '.tif', '.tiff')
+
+
+def image_extensions() -> str:
+  """'.png/.jpg/...': the image_folder extensions, for messages."""
+  return '/'.join(IMAGE_EXTENSIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +172,7 @@ def dmvr_missing(name: str, field: str, pattern: str) -> str:
 
 def image_folder_missing(root: str, problem: str, train_split: str, eval_split: str) -> str:
   """The one line for an image_folder root (or split folder) that is not there."""
-  exts = '|'.join(e[1:] for e in IMAGE_EXTENSIONS)
+  exts = '|'.join(e[1:] for e in IMAGE_EXTENSIONS[:3]) + '|...'
   train_dir, eval_dir = (s.split('[')[0] for s in (train_split, eval_split))
   return (f"Dataset 'image_folder': {problem}; it expects ROOT/<split>/<class>/*.{exts} with "
           f'the splits config.dataset.train_split={train_split!r} and eval_split='

@@ -1,9 +1,18 @@
 """Image datasets (`ImageData`): sources, decoding, train augmentation and eval crops.
 
 Sources (`config.dataset.name`): 'digits' (scikit-learn's bundled 8x8 handwritten digits, no
-download), 'image_folder' (`ROOT/<split>/<class>/*.png|jpg|jpeg`; labels index the train split's
-class folders) or any TFDS name with 'image' and 'label' features (a record stream, shuffled by a
-buffer seeded per epoch). Splits accept the TFDS slicing syntax ('train[:90%]') everywhere.
+download), 'image_folder' (`ROOT/<split>/<class>/<images>`, ROOT a folder or a URL such as
+gs://bucket/photos, read through `token_learner.paths` and TensorFlow's file systems; labels index
+the train split's class folders) or any TFDS name with 'image' and 'label' features (a record
+stream, shuffled by a buffer seeded per epoch). Splits accept the TFDS slicing syntax
+('train[:90%]') everywhere.
+
+image_folder files: those with an image extension (guide.IMAGE_EXTENSIONS) are the split's
+images, whatever their format turns out to be: the decoder reads it from the bytes (PNG, JPEG,
+GIF, BMP, WebP; a WebP named .jpg is a WebP), in training and evaluation alike; a file it cannot
+decode (a TIFF, a truncated JPEG) is an error naming it. The EXIF orientation tag is applied (an
+image tagged "rotate 90" comes out rotated, as a photo viewer shows it). File names need not be
+UTF-8 (paths are carried as bytes; messages show odd bytes as \\xNN).
 
 Reading at scale: with random access (digits, image_folder) every process reads only the records
 of its rows. A TFDS train split is read as `config.dataset.read_shards` (default: the process
@@ -18,11 +27,14 @@ image_size, and a random horizontal flip; digits instead get a shift of up to 1/
 no flip (a mirrored digit is another symbol, or none). Eval: resize the short side to S / 0.875
 and take the centre S crop (standard ImageNet eval).
 
-Corrupt images: by default the first decode failure stops the iterator with a ValueError naming
-the file (image_folder) or the record (TFDS). With `config.dataset.skip_corrupt=True` the split is
-scanned once when an iterator is created (one decode per image) and corrupt records are dropped
-from it before the stream is built, so positions, resume and process slicing stay exact; the
-count is logged and kept in `iterator.num_skipped` (see `token_learner.data.corrupt_images`).
+Corrupt images: an image_folder split is decoded in full once when an iterator is created,
+before any batch (results cached in the root, see `corrupt_images.scan_files`): a corrupt file
+is an error naming it, or with `config.dataset.skip_corrupt=True` it is dropped. For TFDS the
+first decode failure stops the iterator with a ValueError naming the record; with skip_corrupt
+the split is scanned once (one decode per image) when an iterator is created. Corrupt records are
+dropped from the split before the stream is built, so positions, resume and process slicing
+stay exact; the count is logged and kept in `iterator.num_skipped` (see
+`token_learner.data.corrupt_images`).
 """
 import dataclasses
 import os
@@ -33,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from token_learner import paths
 from token_learner.data import corrupt_images, digits, guide, stream
 from token_learner.data.config import DatasetInfo, ImageData
 
@@ -43,23 +56,32 @@ _EVAL_CROP_FRACTION = 0.875  # Standard ImageNet eval: resize to S / 0.875, cent
 @dataclasses.dataclass
 class _ImageSource(stream.Source):
   """Records (index, where, raw, label); `raw` is what is cheap to carry before the process
-  filter: an image (digits), a path (image_folder) or encoded bytes (TFDS)."""
+  filter: an image (digits), a path (image_folder, as bytes) or encoded bytes (TFDS)."""
   tiny: bool = False  # digits: no flip, no crop-and-rescale (see _train_image).
   # raw -> encoded image bytes; None when raw already is a float32 [h, w, 3] image in [0, 1].
   read_bytes: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
   files: Optional[list] = None  # image_folder: the paths, in record order.
   folder: Optional[str] = None  # image_folder: the split's folder...
   ignored: Tuple[int, int] = (0, 0)  # ...and its (hidden, other extension) files left out.
+  root: Optional[str] = None  # image_folder: config.dataset.root (holds the scan cache).
+  # image_folder: path -> EXIF orientation tag of the files that have one other than 1 (set by
+  # `check_image_folder`); None: every image as stored.
+  orientation: Optional[tf.lookup.StaticHashTable] = None
+
+  def _orientation(self, raw) -> tf.Tensor:
+    return tf.constant(1) if self.orientation is None else self.orientation.lookup(raw)
 
   def decode(self, raw) -> tf.Tensor:
     """The whole image: uint8 [h, w, 3], or float32 in [0, 1] for in-memory images."""
-    return raw if self.read_bytes is None else _decode_bytes(self.read_bytes(raw))
+    if self.read_bytes is None:
+      return raw
+    return orient(_decode_bytes(self.read_bytes(raw)), self._orientation(raw))
 
   def decode_crop(self, raw, crop_window) -> tf.Tensor:
     """The crop `crop_window(shape [3]) -> (begin [3], size [3])` of the image."""
     if self.read_bytes is None:
       return tf.slice(raw, *crop_window(tf.shape(raw)))
-    data = self.read_bytes(raw)
+    data, tag = self.read_bytes(raw), self._orientation(raw)
 
     def jpeg():  # Decodes only the window: most of an inception crop's cost is the decode.
       begin, size = crop_window(tf.image.extract_jpeg_shape(data))
@@ -67,16 +89,30 @@ class _ImageSource(stream.Source):
       return tf.image.decode_and_crop_jpeg(data, window, channels=3)
 
     def other():
-      image = _decode_bytes(data)
+      image = orient(_decode_bytes(data), tag)
       return tf.slice(image, *crop_window(tf.shape(image)))
-    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    return tf.cond(tf.logical_and(tf.io.is_jpeg(data), tf.equal(tag, 1)), jpeg, other)
 
 
 def _decode_bytes(data: tf.Tensor) -> tf.Tensor:
-  """Encoded PNG / JPEG / GIF / BMP / WebP -> uint8 [h, w, 3]."""
+  """Encoded PNG / JPEG / GIF / BMP / WebP (the format read from the bytes, whatever the file's
+  name) -> uint8 [h, w, 3]; an animation's first frame."""
   image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
   image.set_shape([None, None, 3])
   return image
+
+
+def orient(image: tf.Tensor, tag: tf.Tensor) -> tf.Tensor:
+  """`image` [h, w, c] as displayed under EXIF orientation `tag` (1..8; other values: as
+  stored), the transform of PIL's `ImageOps.exif_transpose` (TensorFlow's decoders ignore the
+  tag): 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
+  8 rotate 90 counter-clockwise."""
+  t = lambda: tf.transpose(image, [1, 0, 2])
+  branches = [lambda: image, lambda: image[:, ::-1], lambda: image[::-1, ::-1],
+              lambda: image[::-1], t, lambda: t()[:, ::-1], lambda: t()[::-1, ::-1],
+              lambda: t()[::-1]]
+  index = tf.where((tag >= 1) & (tag <= 8), tag - 1, 0)
+  return tf.switch_case(tf.cast(index, tf.int32), branches)
 
 
 _SLICE = re.compile(r'^([\w-]+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$')
@@ -124,11 +160,33 @@ def _hidden(name: str) -> bool:
   return name.startswith('.')  # .DS_Store, ._IMG.jpg (AppleDouble), .ipynb_checkpoints, ...
 
 
+def _list(folder: str, what: str) -> list:
+  """The names in `folder` (local or a URL, through token_learner.paths); a ValueError naming
+  the folder when it cannot be listed."""
+  try:
+    return paths.listdir(folder)
+  except (OSError, tf.errors.OpError) as e:
+    raise ValueError(f'image_folder: cannot list {what} {shown(folder)}: '
+                     f'{getattr(e, "strerror", None) or e}') from None
+
+
+def printable(path) -> str:
+  """`path` for a message: the bytes of a non-UTF-8 name are shown as \\xNN escapes."""
+  if isinstance(path, bytes):
+    path = os.fsdecode(path)
+  return path.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
+def shown(path) -> str:
+  """`path` quoted for a message (see `printable`)."""
+  return f"'{printable(path)}'"
+
+
 def _split_folder(cfg: ImageData, split: str, field: str) -> str:
-  base = os.path.join(cfg.root, _slice_split(split, field)[0])
-  if not os.path.isdir(base):
-    found = sorted(d for d in os.listdir(cfg.root)
-                   if os.path.isdir(os.path.join(cfg.root, d)) and not _hidden(d))
+  base = paths.join(cfg.root, _slice_split(split, field)[0])
+  if not paths.isdir(base):
+    found = sorted(d for d in _list(cfg.root, 'config.dataset.root')
+                   if not _hidden(d) and paths.isdir(paths.join(cfg.root, d)))
     raise ValueError(guide.image_folder_missing(
         cfg.root, f'config.dataset.{field}={split!r} has no folder {base} (found: '
         f'{", ".join(found) or "none"})', cfg.train_split, cfg.eval_split))
@@ -136,8 +194,8 @@ def _split_folder(cfg: ImageData, split: str, field: str) -> str:
 
 
 def _class_folders(base: str) -> list:
-  return sorted(d for d in os.listdir(base)
-                if not _hidden(d) and os.path.isdir(os.path.join(base, d)))
+  return sorted(d for d in _list(base, 'the split folder')
+                if not _hidden(d) and paths.isdir(paths.join(base, d)))
 
 
 def _image_folder_classes(cfg: ImageData) -> list:
@@ -148,56 +206,83 @@ def _image_folder_classes(cfg: ImageData) -> list:
         cfg.root, f'the train split folder {base} has no class subfolders', cfg.train_split,
         cfg.eval_split))
   for cls in classes:  # An empty folder would silently become a class no example has.
-    if not any(_is_image(f) for f in os.listdir(os.path.join(base, cls))):
-      raise ValueError(f'image_folder class folder {os.path.join(base, cls)!r} has no '
-                       f'{"/".join(_IMAGE_EXTENSIONS)} images; remove it or add its images.')
+    folder = paths.join(base, cls)
+    if not any(_is_image(f) for f in _list(folder, 'the class folder')):
+      raise ValueError(f'image_folder class folder {shown(folder)} has no images '
+                       f'({guide.image_extensions()}); remove it or add its images.')
   return classes
 
 
 def _is_image(name: str) -> bool:
+  """A candidate image: its content then decides (see guide.IMAGE_EXTENSIONS)."""
   return not _hidden(name) and name.lower().endswith(_IMAGE_EXTENSIONS)
 
 
 def _image_folder_source(cfg: ImageData, split: str, field: str) -> _ImageSource:
-  """Files ROOT/<split>/<class>/*.{png,jpg,jpeg}; labels index the train split's classes.
+  """Files ROOT/<split>/<class>/*.{png,jpg,...}; labels index the train split's classes.
 
   Ignored, and counted in `source.ignored` (hidden, other): hidden entries (a leading '.') and
-  files with another extension, in the class folders and beside them.
+  files with an extension that is not an image's (guide.IMAGE_EXTENSIONS), in the class folders
+  and beside them. A candidate's format is its content's (a WebP named .jpg is a WebP); one
+  that TensorFlow cannot decode is reported by name (`check_image_folder`).
   """
   classes = _image_folder_classes(cfg)
   name, bounds = _slice_split(split, field)
   base = _split_folder(cfg, split, field)
-  paths, labels, hidden, other = [], [], 0, 0
-  for cls in sorted(os.listdir(base)):
+  files, labels, hidden, other = [], [], 0, 0
+  for cls in _list(base, 'the split folder'):
     if _hidden(cls):
       hidden += 1
       continue
-    if not os.path.isdir(os.path.join(base, cls)):
+    if not paths.isdir(paths.join(base, cls)):
       other += 1
       continue
     if cls not in classes:
-      raise ValueError(f'Class folder {os.path.join(base, cls)!r} is not a class of the train '
-                       f'split ({classes}).')
-    for f in sorted(os.listdir(os.path.join(base, cls))):
+      raise ValueError(f'Class folder {shown(paths.join(base, cls))} is not a class of the '
+                       f'train split ({classes}).')
+    for f in _list(paths.join(base, cls), 'the class folder'):
       if _is_image(f):
-        paths.append(os.path.join(base, cls, f))
+        files.append(paths.join(base, cls, f))
         labels.append(classes.index(cls))
       elif _hidden(f):
         hidden += 1
       else:
         other += 1
-  if not paths:
-    raise ValueError(f'config.dataset.{field}={split!r}: no {"/".join(_IMAGE_EXTENSIONS)} '
-                     f'images under {base!r}/<class>/.')
+  if not files:
+    raise ValueError(f'config.dataset.{field}={split!r}: no images '
+                     f'({guide.image_extensions()}) under {shown(base)}/<class>/.')
   # A fixed shuffle of the sorted listing, so that slices like 'train[:90%]' mix the classes.
-  order = np.random.default_rng(digits.FIXED_SPLIT_SEED).permutation(len(paths))
-  lo, hi = bounds(len(paths))
+  order = np.random.default_rng(digits.FIXED_SPLIT_SEED).permutation(len(files))
+  lo, hi = bounds(len(files))
   order = order[lo:hi]
-  paths = [paths[i] for i in order]
+  files = [files[i] for i in order]
+  # Bytes, not str: a file name need not be UTF-8 (os.fsencode gives the name's own bytes).
+  encoded = [os.fsencode(f) for f in files]
   return _ImageSource(
       description=f'image_folder {base!r}', num_examples=len(order), num_classes=len(classes),
-      read_bytes=tf.io.read_file, files=paths, folder=base, ignored=(hidden, other),
-      lookup=_gather_lookup(paths, paths, np.asarray(labels, np.int32)[order]))
+      read_bytes=tf.io.read_file, files=files, folder=base, ignored=(hidden, other),
+      root=cfg.root, lookup=_gather_lookup(encoded, encoded, np.asarray(labels, np.int32)[order]))
+
+
+def check_image_folder(source: _ImageSource, skip_corrupt: bool) -> int:
+  """Decodes every image of an image_folder split once (results cached, see corrupt_images),
+  before any batch: a corrupt or undecodable file is an error naming it, or with skip_corrupt
+  dropped and counted (the count is returned). Records each file's EXIF orientation, which
+  `decode` then applies."""
+  results = corrupt_images.scan_files(source, source.files,
+                                      paths.join(source.root, corrupt_images.SCAN_CACHE))
+  bad = [(i, printable(f), error)
+         for i, (f, (error, _)) in enumerate(zip(source.files, results)) if error]
+  if bad and not skip_corrupt:
+    raise corrupt_images.corrupt_error(source, bad)
+  num_skipped = corrupt_images.drop(source, bad) if bad else 0
+  turned = [(os.fsencode(f), o) for f, (_, o) in zip(source.files, results) if o != 1]
+  if turned:
+    keys, values = zip(*turned)
+    source.orientation = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values, tf.int32)),
+        default_value=1)
+  return num_skipped
 
 
 def _tfds_builder(cfg: ImageData, field: str = 'train_split'):
@@ -361,7 +446,10 @@ def train_iterator(cfg: ImageData, *, seed: int, start_step: int, global_batch: 
   if cfg.per_process_split and process_count > 1:
     # Each process streams its own part, with its own seeds.
     seed, global_batch, row_block = seed * 1_000_003 + process_index, local_batch, 0
-  num_skipped = corrupt_images.drop_corrupt(source) if cfg.skip_corrupt else 0
+  if cfg.source == 'image_folder':
+    num_skipped = check_image_folder(source, cfg.skip_corrupt)
+  else:
+    num_skipped = corrupt_images.drop_corrupt(source) if cfg.skip_corrupt else 0
   num_shards = cfg.num_read_shards(global_batch, process_count)
   shards = (_tfds_shards(cfg, source, num_shards, process_index, process_count)
             if num_shards > 1 else [])
@@ -378,11 +466,10 @@ def eval_input(cfg: ImageData, *, global_batch: int, local_batch: int, process_i
                process_count: int):
   """The eval split once per pass: {'inputs', 'labels', 'mask'} (see token_learner.data)."""
   source = _source(cfg, 'eval_split', process_index, process_count)
-  if cfg.skip_corrupt:
-    num_skipped = corrupt_images.drop_corrupt(source)
+  if cfg.source == 'image_folder':
+    num_skipped = check_image_folder(source, cfg.skip_corrupt)
   else:
-    num_skipped = 0
-    corrupt_images.check_headers(source, source.files or ())
+    num_skipped = corrupt_images.drop_corrupt(source) if cfg.skip_corrupt else 0
   row_block, num_batches = process_index, None
   if cfg.per_process_split and process_count > 1:
     # Each process has its own part; the longest part sets everyone's batch count.

@@ -82,6 +82,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
     pretrained.check_path(experiment.init)
     checked_evals = evals_lib.check(experiment, data.dataset_info)
     run = build(experiment, mesh=mesh, num_train_examples=info.num_train)
+    pretrained.check_npz(experiment.init, run.abstract_state.params)  # Nothing compiled yet.
     cfg = run.cfg
   checkpoints.check_writable(workdir, sum(x.size * x.dtype.itemsize
                                           for x in jax.tree.leaves(run.abstract_state)))
