@@ -265,7 +265,8 @@ class BottleneckModule(nn.Module):
           tokens = PreNormMHSA(cfg.num_heads, cfg.mhsa_dim or None, dtype,
                                  name='token_mhsa')(tokens)
         x = TokenFuser(mixing='global', mlp_dim=cfg.fuser_mlp_dim, dtype=dtype,
-                       name='tokenfuser')(tokens, x, train=train)
+                       mixing_init=cfg.fuser_mixing_init, name='tokenfuser')(tokens, x,
+                                                                             train=train)
       else:
         raise ValueError(f'unknown bottleneck layer {kind!r}')
     return x, maps

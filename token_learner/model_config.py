@@ -31,6 +31,7 @@ CLASSIFIERS = ('gap', 'token')
 FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
+MIXING_INITS = ('zeros', 'identity')  # token_learner.modules.MIXING_INITS
 DTYPES = ('float32', 'bfloat16', 'float16')
 # token_learner.attention.IMPLEMENTATIONS; None: 'einsum' (its name in configs stored before 'auto').
 ATTENTION_IMPLEMENTATIONS = ('auto', 'einsum', 'xla', 'cudnn', 'pallas', None)
@@ -104,6 +105,9 @@ class BottleneckConfig:
   num_heads: int = field(8, minimum=1)
   query_chunk: int = 0  # Vector Transformer: queries per chunk (0 = all at once)
   fuser_mlp_dim: int = field(64, minimum=1)  # TokenFuser beta MLP width
+  # TokenFuser start (token_learner.modules.TokenFuser): 'zeros' (Scenic: M = 0; one step makes
+  # the fuser's output as large as its residual) or 'identity' (M = I behind a zero gate).
+  fuser_mixing_init: str = field('zeros', choices=MIXING_INITS)
   mixer_dim: int = 0  # MLP-Mixer channel MLP width (0 = the inner width d)
   mhsa_dim: int = 0  # qkv width of the MHSA layers (0 = the inner width d)
   head_dropout: float = field(0.5, maximum=1.0, below_max=True)  # before the classifier (X3D)
