@@ -87,6 +87,9 @@ def np_tokenize(kind, x, p, cfg):
     z = np.einsum('btnc,ns->btsc', x.reshape(b, t, h * w, c),
                   p['dense_tokens_positions']['kernel']) + p['dense_tokens_bias']
     return np_dense(z, p['dense_tokens_channels']).reshape(b, t * s, c)
+  if kind == 'prior_tokens':  # Eq. 1 (sum) with input-independent maps sigmoid(P)
+    maps = 1 / (1 + np.exp(-p['prior_maps'].reshape(s, h * w)))
+    return np.einsum('sn,btnc->btsc', maps, x.reshape(b, t, h * w, c)).reshape(b, t * s, c)
   z = np_dense(np_gelu(np_dense(x.mean((2, 3)), p['pool_mlp_0'])), p['pool_mlp_1'])
   return z.reshape(b, t * s, c)  # pool_mlp: global average, MLP C -> C -> S*C
 
@@ -109,6 +112,9 @@ def np_module(layers, x, p, cfg, stride=1):
       seq = x.transpose(0, 2, 3, 1, 4).reshape(b * h * w, t, c)
       seq = np_prenorm_mhsa(seq, p['temporal_mhsa'])
       x = seq.reshape(b, h, w, t, c).transpose(0, 3, 1, 2, 4)
+    elif kind == 'joint_vector':  # Eq. 3 over all T*H*W positions
+      x = np_vector_transformer(x.reshape(b, -1, c), p['joint_vector_transformer']).reshape(
+          x.shape)
     elif kind == 'mixer':  # temporal token-mixing MLP, then channel MLP, each pre-LN + residual
       y = np_layernorm(x, p['mixer_norm_0']).transpose(0, 2, 3, 4, 1)  # [B, H, W, C, T]
       y = np_dense(np_gelu(np_dense(y, p['mixer_token_0'])), p['mixer_token_1'])
@@ -121,7 +127,10 @@ def np_module(layers, x, p, cfg, stride=1):
         tokens = np_vector_transformer(tokens, p['vector_transformer'])
       else:
         tokens = np_prenorm_mhsa(tokens, p['token_mhsa'])
-      x = np_tokenfuser(tokens, x, p['tokenfuser'])
+      if cfg.fuser == 'broadcast':  # every position of frame t: + the mean of its tokens
+        x = x + tokens.reshape(b, t, -1, c).mean(2)[:, :, None, None]
+      else:
+        x = np_tokenfuser(tokens, x, p['tokenfuser'])
   return x
 
 
@@ -150,13 +159,15 @@ def np_network(video, p, cfg):
   return np_dense(relu(np_dense(x, p['fc1'])), p['head'])
 
 
-_VARIANTS = [(m, 'vector') for m in sorted(bnk.MODULE_LAYERS)] + [
-    ('conv2d_tokenlearner', 'mhsa')]  # Table 14: TokenLearner + MHSA + TokenFuser
+_VARIANTS = [(m, 'vector', 'tokenfuser') for m in sorted(bnk.MODULE_LAYERS)] + [
+    ('conv2d_tokenlearner', 'mhsa', 'tokenfuser'),  # Table 14: TokenLearner + MHSA + TokenFuser
+    ('conv2d_grid_tokens', 'vector', 'broadcast'),  # Table 14: VectT + broadcasting
+    ('conv2d_prior_tokens', 'vector', 'broadcast')]  # Table 14: prior-only + broadcasting
 
 
-@pytest.mark.parametrize('module, transformer', _VARIANTS)
-def test_module_matches_numpy(module, transformer, randomise):
-  cfg = BottleneckConfig(**dict(TINY, module=module, transformer=transformer))
+@pytest.mark.parametrize('module, transformer, fuser', _VARIANTS)
+def test_module_matches_numpy(module, transformer, fuser, randomise):
+  cfg = BottleneckConfig(**dict(TINY, module=module, transformer=transformer, fuser=fuser))
   mod = bnk.BottleneckModule(bnk.MODULE_LAYERS[module], cfg)
   x = np.random.default_rng(0).standard_normal((2, 3, 4, 4, 16)).astype(np.float32)
   shapes = jax.eval_shape(mod.init, jax.random.key(0), x)['params']

@@ -175,3 +175,41 @@ def test_config_follows_the_paper(name):
       assert got == pytest.approx(paper, rel=1e-3), (key, got, paper, where)
     else:
       assert got == paper, (key, got, paper, where)
+
+
+# Table 14 (Appendix D.1): Conv2D + transformer inside the bottleneck; row -> config.model.bottleneck
+# (the readings of the rows: token_learner/bottleneck.py's module docstring).
+TABLE14 = {
+    'Standard transformer (MHSA)': dict(module='conv2d_joint_mhsa'),
+    'Vector transformer (VectT)': dict(module='conv2d_vector', query_chunk=64),
+    'Prior-only-attention + broadcasting': dict(module='conv2d_prior_tokens', fuser='broadcast'),
+    'Vector transformer (VectT) + broadcasting': dict(module='conv2d_grid_tokens',
+                                                      fuser='broadcast'),
+    'Vector transformer (VectT) + TokenFuser': dict(module='conv2d_grid_tokens'),
+    'TokenLearner + MHSA + TokenFuser': dict(module='conv2d_tokenlearner', transformer='mhsa'),
+    'TokenLearner + VectT + TokenFuser': dict(module='conv2d_tokenlearner'),
+}
+
+
+def test_table14_rows_build():
+  """Each row, on the Charades config (64 x 224 x 224; one residual module per stage to keep
+  the trace short), initialised abstractly: the module of res5 has the row's parts and no other
+  row's."""
+  from configs import charades_bottleneck  # pylint: disable=g-import-not-at-top
+  seen = set()
+  for row, bottleneck in TABLE14.items():
+    config = charades_bottleneck.get_config()
+    config.model.bottleneck.update(dict(bottleneck, depths=(1, 1, 1, 1)))
+    model_cfg, _ = experiment.model_and_data(config)
+    model = build_model(model_cfg)
+    video = jax.ShapeDtypeStruct((1, *model_cfg.input_shape), jnp.float32)
+    params = jax.eval_shape(lambda k, v: model.init(k, v, train=False), jax.random.key(0),
+                            video)['params']
+    parts = frozenset(params['res5_0']['module'])
+    assert parts not in seen, row  # every row is a different module
+    seen.add(parts)
+    assert 'conv2d' in parts, row
+    assert ('tokenlearner' in parts) == row.startswith('TokenLearner'), row
+    assert ('tokenfuser' in parts) == row.endswith('TokenFuser'), row
+    assert ('token_mhsa' in parts or 'joint_mhsa' in parts) == ('MHSA' in row), row
+  assert len(seen) == 7
