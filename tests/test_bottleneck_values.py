@@ -174,7 +174,11 @@ def test_module_matches_numpy(module, transformer, fuser, randomise):
   base = jax.tree_util.tree_map_with_path(
       lambda path, s: np.full(s.shape, float(path[-1].key == 'scale'), np.float32), shapes)
   params = randomise(base, scale=0.3)
-  got, _ = jax.jit(lambda p: mod.apply({'params': p}, x))(params)
+  got, maps = jax.jit(lambda p: mod.apply({'params': p}, x))(params)
+  if 'tokenlearner' in module:  # [B, T, S, H, W]
+    assert maps.shape == (2, 3, cfg.num_tokens, 4, 4)
+  else:
+    assert maps is None
   want = np_module(bnk.MODULE_LAYERS[module], x.astype(np.float64),
                    jax.tree.map(lambda a: np.asarray(a, np.float64), params), cfg)
   assert np.abs(want - x).max() > 0.1  # the module does something

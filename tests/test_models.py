@@ -69,18 +69,7 @@ def test_fig3a_later_layers_see_only_the_learned_tokens(randomise):
                          vit.apply({'params': vit_params}, x, train=False)[0], atol=1e-4)
 
 
-@pytest.mark.parametrize('fuser_type', ['tokenfuser', 'unpool', 'reprojection'])
-def test_fuser_alternatives_keep_the_grid(fuser_type):
-  _, model, params, x = init_model(make_config(num_layers=3, num_tokens=2, loc=1, fuser=True,
-                                               fuser_type=fuser_type))
-  logits, aux = model.apply({'params': params}, x, train=False)
-  assert logits.shape == (2, 5) and len(aux['attention_maps']) == 2
-  for lyr in (1, 2):
-    fuser = params['Transformer'][f'fuser_{lyr}']
-    if fuser_type == 'unpool':  # reuses the TokenLearner's maps; only normalises the tokens
-      assert set(fuser) == {'LayerNorm_0'}
-
-
+# The fuser alternatives' values, whole models: tests/test_whole_models.py.
 def test_unpool_spreads_tokens_with_the_maps():
   from token_learner.ablations import Unpool
   residual = np.random.default_rng(0).standard_normal((1, 3, 4, 2)).astype(np.float32)
