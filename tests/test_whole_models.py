@@ -126,9 +126,12 @@ _CASES = {
     # Fig. 3(a), v1 (4 convs, sigmoid, sum pooling), GAP, pre-logits.
     'fig3a_v1': dict(tl=dict(num_tokens=3, loc=1, version='v1', fuser=False),
                      model=dict(representation_size=8)),
-    # Fig. 3(a), v1.1, a CLS token carried past the TokenLearner (after the last layer).
-    'fig3a_v11_cls_last': dict(tl=dict(num_tokens=3, loc=2, version='v1.1', fuser=False),
-                               model=dict(classifier='token')),
+    # Fig. 3(a), v1.1, a CLS token carried past the TokenLearner (the block after it mixes the
+    # learned tokens into the CLS token the classifier reads).
+    'fig3a_v11_cls': dict(tl=dict(num_tokens=3, loc=1, version='v1.1', fuser=False),
+                          model=dict(classifier='token')),
+    # Fig. 3(a) after the last layer (loc = num_layers), GAP over the learned tokens.
+    'fig3a_v11_last': dict(tl=dict(num_tokens=3, loc=2, version='v1.1', fuser=False), model={}),
     # Fig. 3(b) with the TokenFuser (Eq. 2) from layer 1 on, a CLS token riding along.
     'fig3b_tokenfuser': dict(tl=dict(num_tokens=3, loc=0, version='v1', fuser=True,
                                      fuser_type='tokenfuser'), model=dict(classifier='token')),
