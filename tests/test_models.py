@@ -167,7 +167,7 @@ def test_fig3b_gradients_from_the_real_init():
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from token_learner.modules import TokenFuser  # pylint: disable=g-import-not-at-top
   from conftest import _randomise  # pylint: disable=g-import-not-at-top
-  model = build_model(make_config(num_layers=3, num_tokens=4, loc=1, fuser=True))
+  model = build_model(make_config(num_layers=2, num_tokens=4, loc=1, fuser=True))
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
   params = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))['params']
   params = dict(params, head=_randomise(params['head'], scale=1.0))
@@ -180,7 +180,7 @@ def test_fig3b_gradients_from_the_real_init():
   all_grads = jax.jit(jax.grad(loss))(params)
   grads = all_grads['Transformer']
   norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(tree))))
-  for lyr in (1, 2):
+  for lyr in (1,):
     assert norm(grads[f'tokenlearner_{lyr}']) == 0 and norm(grads[f'encoderblock_{lyr}']) == 0
     fuser = grads[f'fuser_{lyr}']
     assert norm([fuser['Dense_0'], fuser['Dense_1'], fuser['LayerNorm_2']]) == 0
@@ -196,7 +196,7 @@ def test_fig3b_gradients_from_the_real_init():
   def fuser_ratios(p):
     with nn.intercept_methods(record):
       model.apply({'params': p}, x, train=False)
-    return ratios[-2:]
+    return ratios[-1:]
 
   step = jax.tree.map(lambda a, g: a - 1e-3 * g, params, all_grads)
   before, after = jax.jit(lambda a, b: (fuser_ratios(a), fuser_ratios(b)))(params, step)
