@@ -143,6 +143,12 @@ def test_config_section():
     ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': {'module': 'conv3d'}})
   with pytest.raises(ValueError, match='num_heads'):
     BottleneckConfig(module='joint_mhsa', num_heads=7)
+  with pytest.raises(ValueError, match=r"config.model.bottleneck.fuser='broadcast' needs a "
+                                       'module with tokens'):
+    ModelConfig.from_dict({'name': 'bottleneck',
+                           'bottleneck': {'module': 'conv2d_conv1d', 'fuser': 'broadcast'}})
+  with pytest.raises(ValueError, match='config.model.bottleneck.fuser_mixing_init'):
+    ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': {'fuser_mixing_init': 'small'}})
   assert isinstance(bnk.group_norm(16, BottleneckConfig(norm_groups=0).norm_groups), nn.LayerNorm)
   assert bnk.group_norm(54, 8).num_groups == 2  # gcd(54, 8)
   with pytest.raises(ValueError, match='variant'):  # ViT models still need a variant
@@ -228,6 +234,18 @@ def test_multi_label_moving_digits():
   from token_learner import data  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match='digits_per_video'):
     data.from_dict({'name': 'moving_digits', 'digits_per_video': 2})
+
+
+def test_fuser_mixing_init_reaches_the_module():
+  """config.model.bottleneck.fuser_mixing_init='identity': the TokenFuser's M starts at I behind
+  a zero LayerNorm scale (the default 'zeros': M = 0, scale 1)."""
+  x = jnp.zeros((1, 2, 2, 2, 16))
+  for init, kernel, scale in (('zeros', np.zeros((8, 8)), 1.0), ('identity', np.eye(8), 0.0)):
+    cfg = BottleneckConfig(**dict(TINY, fuser_mixing_init=init))
+    mod = bnk.BottleneckModule(bnk.MODULE_LAYERS['tokenlearner'], cfg)
+    fuser = jax.jit(mod.init)(jax.random.key(0), x)['params']['tokenfuser']
+    np.testing.assert_array_equal(fuser['token_mixing']['kernel'], kernel)
+    np.testing.assert_array_equal(fuser['LayerNorm_1']['scale'], scale)
 
 
 def test_mhsa_layers_keep_their_parameter_names():
