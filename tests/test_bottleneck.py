@@ -239,6 +239,8 @@ def test_multi_label_moving_digits():
 def test_fuser_mixing_init_reaches_the_module():
   """config.model.bottleneck.fuser_mixing_init='identity': the TokenFuser's M starts at I behind
   a zero LayerNorm scale (the default 'zeros': M = 0, scale 1)."""
+  from token_learner import model_config, modules  # pylint: disable=g-import-not-at-top
+  assert model_config.MIXING_INITS == modules.MIXING_INITS  # the config accepts what exists
   x = jnp.zeros((1, 2, 2, 2, 16))
   for init, kernel, scale in (('zeros', np.zeros((8, 8)), 1.0), ('identity', np.eye(8), 0.0)):
     cfg = BottleneckConfig(**dict(TINY, fuser_mixing_init=init))

@@ -155,7 +155,8 @@ class TokenFuser(nn.Module):
   Per frame t: B_w = sigmoid(MLP(LayerNorm(X_t))) in R^{HW x S}, MLP = Dense(mlp_dim) -> GELU ->
   Dense(S); output X_t + Dropout(B_w Y_t). With M = 0 a fresh fuser returns its residual exactly.
 
-  Initialisation (`mixing_init`), measured in tests/test_whole_models.py:
+  Initialisation (`mixing_init`; measured by tests/test_modules.py::test_fuser_start_measured and,
+  in a whole Fig. 3(b) ViT, tests/test_models.py::test_fig3b_gradients_from_the_real_init):
   - 'zeros' (default, as Scenic): M = 0. The fresh fuser is the identity, but at step 0 the
     tokens (so the TokenLearner and the block before the fuser) get exactly zero gradient, and
     LayerNorm_1 sees a zero input, so it multiplies the gradient reaching M by 1/sqrt(eps) = 1e3.
