@@ -35,6 +35,10 @@ With `--config.dataset.eval_name=imagenet2012_real` (TFDS, its 'validation' spli
 reports ReaL accuracy (`eval_real_accuracy`, §3.2); or add it as a second evaluator beside the
 plain validation one: `config.evals.real = common.eval_config(every_steps=1000,
 dataset={'eval_name': 'imagenet2012_real'})` (`real_accuracy`, `real_real_accuracy`).
+
+Eval resize: the data layer's ImageNet eval view (token_learner/data/images.py) resizes the short
+side to 384 / 0.875 and centre-crops 384; vit_jax resizes the whole image to 384x384 (no crop, the
+aspect ratio not kept), which the data layer does not offer, so accuracies can differ slightly.
 """
 from configs import common
 

@@ -39,5 +39,6 @@ def get_config():
           'kinetics400', file_pattern_train='/path/to/kinetics400/train-*.tfrecord',
           file_pattern_eval='/path/to/kinetics400/validate-*.tfrecord', frames_key='image/encoded',
           label_key='clip/label/index', multi_label=False, num_frames=32, stride=2,
-          image_size=224, eval_clips=4, eval_crops=3, mean=(0.5, 0.5, 0.5),
+          # Eval views (ViViT / Scenic): short side 256, then 4 clips x 3 crops of 224.
+          image_size=224, eval_clips=4, eval_crops=3, eval_short_side=256, mean=(0.5, 0.5, 0.5),
           std=(0.5, 0.5, 0.5), augment=True))

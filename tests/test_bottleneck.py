@@ -108,18 +108,6 @@ def test_2plus1d_pair_shapes_and_receptive_field():
   assert y.shape == (1, 7, 4, 4, 4)
 
 
-@pytest.mark.parametrize('module', sorted(bnk.MODULE_LAYERS))
-def test_each_module_keeps_the_shape(module):
-  cfg = BottleneckConfig(**dict(TINY, module=module, query_chunk=8))
-  mod = bnk.BottleneckModule(bnk.MODULE_LAYERS[module], cfg)
-  x = jax.random.normal(jax.random.key(1), (2, 4, 4, 4, 16))
-  variables = jax.jit(mod.init)(jax.random.key(0), x)
-  y, maps = jax.jit(mod.apply)(variables, x)
-  assert y.shape == x.shape and bool(jnp.isfinite(y).all())
-  if 'tokenlearner' in module:
-    assert maps.shape == (2, 4, cfg.num_tokens, 4, 4)
-
-
 @pytest.mark.parametrize('module', ['conv2d_tokenlearner', 'conv2d_conv1d'])
 def test_tiny_model_trains_a_step(module):
   cfg = ModelConfig.from_dict({'name': 'bottleneck', 'num_classes': 5,
@@ -142,13 +130,25 @@ def test_tiny_model_trains_a_step(module):
 def test_config_section():
   cfg = ModelConfig.from_dict({'name': 'bottleneck', 'variant': 'not-a-vit'}, image_size=224,
                               num_frames=64)
-  assert cfg.bottleneck == BottleneckConfig() and cfg.num_layers == 26
+  bn = cfg.bottleneck  # X3D-M (Feichtenhofer 2020, Table 1), §6.1 "identical to X3D-M"
+  assert (bn.stem_width, bn.widths, bn.depths, bn.conv5_width, bn.head_width) == (
+      24, (24, 48, 96, 192), (3, 5, 11, 7), 432, 2048)
+  assert [bn.inner_width(s) for s in range(4)] == [54, 108, 216, 432]  # d = 432 in res5 (§6.1)
+  assert (bn.module, bn.num_tokens, bn.tl_conv_layers, bn.transformer) == (
+      'conv2d_tokenlearner', 8, 1, 'vector')  # §6.1's final module
+  assert cfg.num_layers == sum(bn.depths) == 26
   with pytest.raises(ValueError, match='config.model.bottleneck.tokens'):
     ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': {'tokens': 8}})
   with pytest.raises(ValueError, match='config.model.bottleneck.module'):
     ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': {'module': 'conv3d'}})
   with pytest.raises(ValueError, match='num_heads'):
     BottleneckConfig(module='joint_mhsa', num_heads=7)
+  with pytest.raises(ValueError, match=r"config.model.bottleneck.fuser='broadcast' needs a "
+                                       'module with tokens'):
+    ModelConfig.from_dict({'name': 'bottleneck',
+                           'bottleneck': {'module': 'conv2d_conv1d', 'fuser': 'broadcast'}})
+  with pytest.raises(ValueError, match='config.model.bottleneck.fuser_mixing_init'):
+    ModelConfig.from_dict({'name': 'bottleneck', 'bottleneck': {'fuser_mixing_init': 'small'}})
   assert isinstance(bnk.group_norm(16, BottleneckConfig(norm_groups=0).norm_groups), nn.LayerNorm)
   assert bnk.group_norm(54, 8).num_groups == 2  # gcd(54, 8)
   with pytest.raises(ValueError, match='variant'):  # ViT models still need a variant
@@ -184,8 +184,8 @@ def test_module_flops_of_the_final_module():
 @pytest.mark.parametrize('module', sorted(bnk.MODULE_LAYERS))
 def test_formula_counts_the_model(module):
   """The per-layer formula (`analytic_module_cost`) has the model's exact parameters, and its
-  multiply-adds are XLA's once the padding taps are taken out (checked on a grid where every tap
-  touches the input: H = W = 1 for the 3x3 convs, T = 1 for the temporal ones)."""
+  Conv2D + Conv1D multiply-adds are Table 13's 12 d^2 N (its conv taps against XLA's count:
+  test_formula_conv_taps_against_xla)."""
   bn = BottleneckConfig(**{**TINY, 'fuser_mlp_dim': 8, 'mixer_dim': 12, 'mhsa_dim': 8},
                         module=module)
   rows = flops.analytic_module_cost(bn, module, (4, 4, 4, 16))
@@ -234,6 +234,20 @@ def test_multi_label_moving_digits():
   from token_learner import data  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match='digits_per_video'):
     data.from_dict({'name': 'moving_digits', 'digits_per_video': 2})
+
+
+def test_fuser_mixing_init_reaches_the_module():
+  """config.model.bottleneck.fuser_mixing_init='identity': the TokenFuser's M starts at I behind
+  a zero LayerNorm scale (the default 'zeros': M = 0, scale 1)."""
+  from token_learner import model_config, modules  # pylint: disable=g-import-not-at-top
+  assert model_config.MIXING_INITS == modules.MIXING_INITS  # the config accepts what exists
+  x = jnp.zeros((1, 2, 2, 2, 16))
+  for init, kernel, scale in (('zeros', np.zeros((8, 8)), 1.0), ('identity', np.eye(8), 0.0)):
+    cfg = BottleneckConfig(**dict(TINY, fuser_mixing_init=init))
+    mod = bnk.BottleneckModule(bnk.MODULE_LAYERS['tokenlearner'], cfg)
+    fuser = jax.jit(mod.init)(jax.random.key(0), x)['params']['tokenfuser']
+    np.testing.assert_array_equal(fuser['token_mixing']['kernel'], kernel)
+    np.testing.assert_array_equal(fuser['LayerNorm_1']['scale'], scale)
 
 
 def test_mhsa_layers_keep_their_parameter_names():

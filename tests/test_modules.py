@@ -272,3 +272,52 @@ def test_every_module_parameter_gets_a_gradient(cls, randomise):
   grads = jax.grad(loss)((p_tl, p_fu))
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
+
+
+# ----------------------------------------------------------------------------- initialisation
+def _fuser_first_step(mixing_init, lrs=(1e-3, 1e-4)):
+  """From the real initialisation (no randomising): a TokenLearner feeding a TokenFuser, loss =
+  <fuser output, R> for a fixed random readout R. Returns (gradient wrt the tokens, the fuser's
+  gradients, [|fuser(tokens) - residual| / |residual| after one SGD step of lr, per lr])."""
+  x, readout = _x((2, 4, 4, 16)), _x((2, 4, 4, 16), seed=5)
+  tl, fuser = TokenLearner(num_tokens=4), TokenFuser(mixing_init=mixing_init)
+  p_tl = jax.jit(tl.init)(jax.random.key(0), x)['params']
+  tokens, _ = jax.jit(tl.apply)({'params': p_tl}, x)
+  p_fu = jax.jit(fuser.init)(jax.random.key(0), tokens, x)['params']
+  loss = lambda p, z: jnp.sum(fuser.apply({'params': p}, z, x) * readout)
+  g_fu, g_tokens = jax.jit(jax.grad(loss, argnums=(0, 1)))(p_fu, tokens)
+  apply = jax.jit(lambda p: fuser.apply({'params': p}, tokens, x))
+  ratios = [float(np.linalg.norm(apply(jax.tree.map(lambda a, g: a - lr * g, p_fu, g_fu)) - x)
+                  / np.linalg.norm(x)) for lr in lrs]
+  return np.asarray(g_tokens), g_fu, ratios
+
+
+def test_fuser_start_measured():
+  """From the real init. mixing_init='zeros' (Scenic, the default): zero token gradient at step
+  0; LayerNorm_1 sees 0 and multiplies the gradient on M by 1/sqrt(eps) = 1e3 (the beta MLP gets
+  none); one SGD step makes the fuser's output about as large as its residual, whatever the
+  rate (1e-3 or 1e-4: the LayerNorm rescales M). mixing_init='identity' (M = I behind
+  LayerNorm_1's zero scale): the fresh fuser is still the identity, and one step moves the
+  output in proportion to the rate."""
+  g_tokens, g_fu, ratios = _fuser_first_step('zeros')
+  np.testing.assert_array_equal(g_tokens, 0.0)
+  for name in ('Dense_0', 'Dense_1', 'LayerNorm_2'):  # beta MLP: y = 0 gives it no gradient
+    assert all(np.abs(g).max() == 0 for g in jax.tree.leaves(g_fu[name])), name
+  mix = np.linalg.norm(g_fu['token_mixing']['kernel'])
+  bias = np.linalg.norm(g_fu['LayerNorm_1']['bias'])  # the same signal, not amplified
+  assert mix > 100 * bias and mix > 1e3, (mix, bias)
+  assert min(ratios) > 0.5, ratios
+
+  g_tokens, g_fu, gentle = _fuser_first_step('identity')
+  np.testing.assert_array_equal(g_tokens, 0.0)  # the gate is closed at step 0
+  assert np.linalg.norm(g_fu['LayerNorm_1']['scale']) > 0
+  assert gentle[0] < 0.1 * ratios[0], (gentle, ratios)
+  assert gentle[1] == pytest.approx(gentle[0] / 10, rel=0.05)  # linear in the rate
+
+  residual, tokens = _x((2, 3, 4, 5, 8)), _x((2, 6, 8), seed=2)
+  module = TokenFuser(mixing_init='identity')
+  variables = jax.jit(module.init)(jax.random.key(0), tokens, residual)
+  np.testing.assert_array_equal(variables['params']['token_mixing']['kernel'], np.eye(6))
+  np.testing.assert_array_equal(jax.jit(module.apply)(variables, tokens, residual), residual)
+  with pytest.raises(ValueError, match='mixing_init'):
+    TokenFuser(mixing_init='small').init(jax.random.key(0), tokens, residual)

@@ -50,6 +50,17 @@ shape:
   tokens), 'conv2d_dense_tokens' (tokens straight from a dense layer over the positions,
   z[t, s, c] = sum_n W[n, s] x[t, n, c] + b[s, c], then a dense layer over channels),
   'conv2d_pool_mlp' (global average pool per frame, then an MLP C -> C -> S*C).
+- Table 14 (Appendix D.1, components on Conv2D + transformer; the paper names the rows only, the
+  readings here are this project's): 'conv2d_joint_mhsa' = "Standard transformer (MHSA)";
+  'conv2d_vector' = "Vector transformer (VectT)", Eq. 3 over all T*H*W positions (chunk it with
+  `query_chunk`); 'conv2d_prior_tokens' + `fuser='broadcast'` = "Prior-only-attention +
+  broadcasting": S tokens pooled (Eq. 1, sum) with learned maps sigmoid(P), P in R^{S x H x W} a
+  parameter that ignores the input (so the module is tied to its training grid), then VectT,
+  then broadcasting; 'conv2d_grid_tokens' + `fuser='broadcast'` = "VectT + broadcasting" and
+  'conv2d_grid_tokens' = "VectT + TokenFuser" (tokens without a TokenLearner: the fixed grid);
+  'conv2d_tokenlearner' with `transformer='mhsa'` / 'vector' = "TokenLearner + MHSA / VectT +
+  TokenFuser". `fuser='broadcast'`: every position of frame t gets x + mean_s y_{t,s}, instead
+  of the TokenFuser.
 MHSA layers are x + MHSA(LayerNorm(x)) (`num_heads` heads, qkv width `mhsa_dim`, default d;
 `mhsa_dim=176` gives the paper's 0.30M parameters per MHSA). Without a conv2d, the stride of a
 stage's first module moves to its 1x1x1 expansion conv.
@@ -94,8 +105,11 @@ MODULE_LAYERS = {
     'conv2d_grid_tokens': ('conv2d', 'grid_tokens'),
     'conv2d_dense_tokens': ('conv2d', 'dense_tokens'),
     'conv2d_pool_mlp': ('conv2d', 'pool_mlp'),
+    # Table 14 (Appendix D.1) rows that are not above:
+    'conv2d_vector': ('conv2d', 'joint_vector'),
+    'conv2d_prior_tokens': ('conv2d', 'prior_tokens'),
 }
-TOKENIZERS = ('tokenlearner', 'grid_tokens', 'dense_tokens', 'pool_mlp')
+TOKENIZERS = ('tokenlearner', 'grid_tokens', 'dense_tokens', 'pool_mlp', 'prior_tokens')
 
 
 def group_norm(channels: int, groups: int, dtype=None, zero: bool = False, name=None):
@@ -247,6 +261,10 @@ class BottleneckModule(nn.Module):
         seq = PreNormMHSA(cfg.num_heads, cfg.mhsa_dim or None, dtype,
                             name=f'{kind}_mhsa')(seq)
         x = einops.rearrange(seq, f'{pattern[1]} -> {pattern[0]}', b=b, t=t, h=h, w=w)
+      elif kind == 'joint_vector':  # Table 14 "VectT": Eq. 3 over all T*H*W positions
+        seq = einops.rearrange(x, 'b t h w c -> b (t h w) c')
+        seq = VectorTransformer(cfg.query_chunk, dtype, name='joint_vector_transformer')(seq)
+        x = einops.rearrange(seq, 'b (t h w) c -> b t h w c', t=t, h=h, w=w)
       elif kind == 'mixer':
         y = einops.rearrange(nn.LayerNorm(dtype=dtype, name='mixer_norm_0')(x),
                              'b t h w c -> b h w c t')
@@ -264,8 +282,13 @@ class BottleneckModule(nn.Module):
         else:
           tokens = PreNormMHSA(cfg.num_heads, cfg.mhsa_dim or None, dtype,
                                  name='token_mhsa')(tokens)
-        x = TokenFuser(mixing='global', mlp_dim=cfg.fuser_mlp_dim, dtype=dtype,
-                       name='tokenfuser')(tokens, x, train=train)
+        if cfg.fuser == 'broadcast':  # Table 14: each frame's mean token added everywhere
+          y = einops.rearrange(tokens, 'b (t s) c -> b t s c', t=t).mean(axis=2)
+          x = x + y[:, :, None, None, :].astype(x.dtype)
+        else:
+          x = TokenFuser(mixing='global', mlp_dim=cfg.fuser_mlp_dim, dtype=dtype,
+                         mixing_init=cfg.fuser_mixing_init, name='tokenfuser')(tokens, x,
+                                                                               train=train)
       else:
         raise ValueError(f'unknown bottleneck layer {kind!r}')
     return x, maps
@@ -279,6 +302,11 @@ class BottleneckModule(nn.Module):
                           name='tokenlearner')(x)
     if kind == 'grid_tokens':
       return fixed_grid_tokens(x, s), None
+    if kind == 'prior_tokens':  # Table 14 "prior-only attention": maps that ignore the input
+      prior = self.param('prior_maps', nn.initializers.normal(1.0), (s, h, w))
+      maps = nn.sigmoid(prior.astype(jnp.float32)).astype(x.dtype).reshape(s, h * w)
+      z = jnp.einsum('sn,btnc->btsc', maps, x.reshape(b, t, h * w, c))
+      return einops.rearrange(z, 'b t s c -> b (t s) c'), None
     if kind == 'dense_tokens':
       frames = einops.rearrange(x, 'b t h w c -> b t c (h w)')
       z = nn.Dense(s, use_bias=False, dtype=dtype, name='dense_tokens_positions')(frames)

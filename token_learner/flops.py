@@ -182,6 +182,9 @@ def analytic_module_cost(bn: BottleneckConfig, module: Optional[str] = None,
       rows.append((f'{kind} MHSA q,k,v,out (width {dq})', 4 * n * d * dq,
                    4 * d * dq + 3 * dq + d + gn))
       rows.append((f'{kind} MHSA QK^T + AV ({length} tokens)', 2 * n * length * dq, 0))
+    elif kind == 'joint_vector':
+      rows.append(('Vector Transformer q,k,v (all positions)', 3 * n * d * d, 3 * (d * d + d) + gn))
+      rows.append(('Vector Transformer [N, N, d] products', 2 * n * n * d, 0))
     elif kind == 'mixer':
       md = bn.mixer_dim or d
       rows.append(('mixer token MLP (T -> T -> T)', 2 * h * w * d * t * t, 2 * (t * t + t) + gn))
@@ -199,6 +202,8 @@ def analytic_module_cost(bn: BottleneckConfig, module: Optional[str] = None,
       elif kind == 'pool_mlp':
         rows.append(('pool + MLP d -> d -> S*d', t * (d * d + d * s * d),
                      d * d + d + d * s * d + s * d))
+      elif kind == 'prior_tokens':
+        rows.append(('prior-only maps x input', n * s * d, s * h * w))
       else:  # grid_tokens: averages only
         rows.append(('fixed grid tokens (averages)', 0, 0))
       if bn.transformer == 'vector':
@@ -208,6 +213,8 @@ def analytic_module_cost(bn: BottleneckConfig, module: Optional[str] = None,
         rows.append((f'token MHSA q,k,v,out (width {dq})', 4 * m * d * dq,
                      4 * d * dq + 3 * dq + d + gn))
         rows.append(('token MHSA QK^T + AV', 2 * m * m * dq, 0))
+      if bn.fuser == 'broadcast':  # averages and adds only
+        continue
       f = bn.fuser_mlp_dim
       rows.append(('TokenFuser token mixing M x M', m * m * d, m * m + 2 * gn))
       rows.append((f'TokenFuser beta MLP d -> {f} -> S', n * (d * f + f * s),

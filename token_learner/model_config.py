@@ -31,6 +31,7 @@ CLASSIFIERS = ('gap', 'token')
 FUSER_TYPES = ('tokenfuser', 'unpool', 'reprojection')
 FUSER_MIXINGS = ('global', 'per_frame')
 POOLINGS = ('sum', 'mean')
+MIXING_INITS = ('zeros', 'identity')  # token_learner.modules.MIXING_INITS
 DTYPES = ('float32', 'bfloat16', 'float16')
 # token_learner.attention.IMPLEMENTATIONS; None: 'einsum' (its name in configs stored before 'auto').
 ATTENTION_IMPLEMENTATIONS = ('auto', 'einsum', 'xla', 'cudnn', 'pallas', None)
@@ -68,9 +69,12 @@ class TokenLearnerConfig:
 BOTTLENECK_MODULES = (
     'conv2d_tokenlearner', 'tokenlearner', 'joint_mhsa', 'conv2d_joint_mhsa', 'conv2d_conv1d',
     'conv2d_mixer', 'conv2d_temporal', 'spatial_temporal', 'conv2d_spatial_temporal',
-    'spatial_tokenlearner', 'conv2d_grid_tokens', 'conv2d_dense_tokens', 'conv2d_pool_mlp')
+    'spatial_tokenlearner', 'conv2d_grid_tokens', 'conv2d_dense_tokens', 'conv2d_pool_mlp',
+    'conv2d_vector', 'conv2d_prior_tokens')  # the last two: Table 14 rows
 BOTTLENECK_TOKENIZERS = ('conv2d_tokenlearner', 'tokenlearner', 'spatial_tokenlearner',
-                         'conv2d_grid_tokens', 'conv2d_dense_tokens', 'conv2d_pool_mlp')
+                         'conv2d_grid_tokens', 'conv2d_dense_tokens', 'conv2d_pool_mlp',
+                         'conv2d_prior_tokens')
+BOTTLENECK_FUSERS = ('tokenfuser', 'broadcast')  # how the tokens go back (Table 14)
 BOTTLENECK_TRANSFORMERS = ('vector', 'mhsa')
 _BN = 'config.model.bottleneck'
 
@@ -103,7 +107,12 @@ class BottleneckConfig:
   # MHSA heads (joint / spatial / temporal modules, transformer='mhsa')
   num_heads: int = field(8, minimum=1)
   query_chunk: int = 0  # Vector Transformer: queries per chunk (0 = all at once)
+  # Tokenizer modules: 'tokenfuser' (Eq. 2) or 'broadcast' (x + each frame's mean token, Table 14)
+  fuser: str = field('tokenfuser', choices=BOTTLENECK_FUSERS)
   fuser_mlp_dim: int = field(64, minimum=1)  # TokenFuser beta MLP width
+  # TokenFuser start (token_learner.modules.TokenFuser): 'zeros' (Scenic: M = 0; one step makes
+  # the fuser's output as large as its residual) or 'identity' (M = I behind a zero gate).
+  fuser_mixing_init: str = field('zeros', choices=MIXING_INITS)
   mixer_dim: int = 0  # MLP-Mixer channel MLP width (0 = the inner width d)
   mhsa_dim: int = 0  # qkv width of the MHSA layers (0 = the inner width d)
   head_dropout: float = field(0.5, maximum=1.0, below_max=True)  # before the classifier (X3D)
@@ -112,6 +121,9 @@ class BottleneckConfig:
     fields.validate(self, _BN)
     uses_mhsa = any(k in self.module for k in ('mhsa', 'spatial', 'temporal')) or (
         self.module in BOTTLENECK_TOKENIZERS and self.transformer == 'mhsa')
+    if self.fuser != 'tokenfuser' and self.module not in BOTTLENECK_TOKENIZERS:
+      raise ValueError(f'{_BN}.fuser={self.fuser!r} needs a module with tokens (one of '
+                       f'{list(BOTTLENECK_TOKENIZERS)}), got module={self.module!r}')
     for s in self.module_stages:
       d = self.mhsa_dim or self.inner_width(s)
       if uses_mhsa and d % self.num_heads:

@@ -139,6 +139,14 @@ class TokenLearnerV11(nn.Module):
     return _pool(maps, frames, 'sum'), _maps_layout(maps, grid, is_video)
 
 
+MIXING_INITS = ('zeros', 'identity')  # TokenFuser.mixing_init
+
+
+def _identity_init(key, shape, dtype=jnp.float32):
+  del key
+  return jnp.eye(*shape, dtype=dtype)
+
+
 class TokenFuser(nn.Module):
   """TokenFuser (§2.2, Eq. 2): mixes the tokens and maps them back onto the residual's grid.
 
@@ -146,6 +154,18 @@ class TokenFuser(nn.Module):
   bias; `mixing='per_frame'` uses one S x S matrix for the S tokens of each frame) -> LayerNorm.
   Per frame t: B_w = sigmoid(MLP(LayerNorm(X_t))) in R^{HW x S}, MLP = Dense(mlp_dim) -> GELU ->
   Dense(S); output X_t + Dropout(B_w Y_t). With M = 0 a fresh fuser returns its residual exactly.
+
+  Initialisation (`mixing_init`; measured by tests/test_modules.py::test_fuser_start_measured and,
+  in a whole Fig. 3(b) ViT, tests/test_models.py::test_fig3b_gradients_from_the_real_init):
+  - 'zeros' (default, as Scenic): M = 0. The fresh fuser is the identity, but at step 0 the
+    tokens (so the TokenLearner and the block before the fuser) get exactly zero gradient, and
+    LayerNorm_1 sees a zero input, so it multiplies the gradient reaching M by 1/sqrt(eps) = 1e3.
+    Since LayerNorm_1 rescales any M != 0 to unit size, after a single optimizer step (even
+    1e-3) the fuser adds an output about as large as its residual. A small random M would not
+    help: the LayerNorm removes its scale.
+  - 'identity': M = I and LayerNorm_1's scale 0 (a gate after the normalisation). The fresh fuser
+    is still the identity, the gate's gradient is O(1), and the fuser's output grows from zero
+    with the gate, in proportion to the learning rate.
 
   Attributes:
     mixing: 'global' (R^{ST} -> R^{ST}, as Eq. 2) or 'per_frame'.
@@ -160,9 +180,12 @@ class TokenFuser(nn.Module):
   mlp_dim: int = 64
   dropout_rate: float = 0.0
   dtype: Optional[Dtype] = None
+  mixing_init: str = 'zeros'  # MIXING_INITS: 'zeros' (Scenic) or 'identity' (gated, above)
 
   @nn.compact
   def __call__(self, tokens, residual, grid_shape=None, *, train: bool = False):
+    if self.mixing_init not in MIXING_INITS:
+      raise ValueError(f'mixing_init={self.mixing_init!r} is not one of {list(MIXING_INITS)}')
     frames, _, _ = to_frames(residual, grid_shape)
     b, t, _, c = frames.shape
     if tokens.ndim != 3 or tokens.shape[1] % t or tokens.shape[2] != c:
@@ -170,8 +193,10 @@ class TokenFuser(nn.Module):
                        'channels')
     s = tokens.shape[1] // t
     y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(tokens)
+    gated = self.mixing_init == 'identity'
     mix = nn.Dense(s * t if self.mixing == 'global' else s, use_bias=False,
-                   kernel_init=nn.initializers.zeros, dtype=self.dtype, name='token_mixing')
+                   kernel_init=_identity_init if gated else nn.initializers.zeros,
+                   dtype=self.dtype, name='token_mixing')
     if self.mixing == 'global':
       y = einops.rearrange(mix(einops.rearrange(y, 'b m c -> b c m')), 'b c m -> b m c')
     elif self.mixing == 'per_frame':
@@ -179,7 +204,8 @@ class TokenFuser(nn.Module):
       y = einops.rearrange(mix(y), 'b t c s -> b (t s) c')
     else:
       raise ValueError(f"mixing={self.mixing!r} is not one of ['global', 'per_frame']")
-    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_1')(y)
+    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_1',
+                     scale_init=nn.initializers.zeros if gated else nn.initializers.ones)(y)
     y = einops.rearrange(y, 'b (t s) c -> b t s c', t=t)
 
     beta = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(frames)
