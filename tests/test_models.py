@@ -14,7 +14,8 @@ from token_learner.flops import abstract_params, count_params
 from tools import paper_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TL_FIELDS = ('num_tokens', 'loc', 'version', 'fuser', 'fuser_type', 'fuser_mixing', 'pooling')
+_TL_FIELDS = ('num_tokens', 'loc', 'version', 'fuser', 'fuser_type', 'fuser_mixing', 'pooling',
+              'fuser_mixing_init')
 
 
 def make_config(name='vit', variant='Mu/4', image_size=16, num_frames=4, num_classes=5, **model):
@@ -32,10 +33,18 @@ def init_model(cfg, batch=2, seed=0):
 
 
 # ----------------------------------------------------------------------------- structure
-def test_fresh_fuser_model_equals_plain_vit_of_loc_layers(randomise):
+@pytest.mark.parametrize('mixing_init', ['zeros', 'identity'])
+def test_fresh_fuser_model_equals_plain_vit_of_loc_layers(mixing_init, randomise):
   """Fig. 3(b) wiring: at init each TokenLearner -> block -> TokenFuser layer is the identity on
-  its residual, so the model is exactly the plain ViT of its first `loc` layers."""
-  _, tl_model, params, x = init_model(make_config(num_layers=4, num_tokens=3, loc=2, fuser=True))
+  its residual, so the model is exactly the plain ViT of its first `loc` layers; with
+  `tokenlearner.fuser_mixing_init='identity'` the fuser's M starts at I (behind a zero gate)."""
+  _, tl_model, params, x = init_model(make_config(num_layers=4, num_tokens=3, loc=2, fuser=True,
+                                                  fuser_mixing_init=mixing_init))
+  mixing = [v['token_mixing']['kernel'] for k, v in params['Transformer'].items()
+            if 'token_mixing' in v]
+  assert mixing, list(params['Transformer'])
+  for m in mixing:
+    np.testing.assert_array_equal(m, np.eye(3) if mixing_init == 'identity' else np.zeros((3, 3)))
   params = dict(params, head=randomise(params['head'], scale=0.1))
   _, vit, vit_params, _ = init_model(make_config(num_layers=2, num_tokens=0))
   shared = jax.tree.map(lambda a: a, params)

@@ -54,6 +54,9 @@ class TokenLearnerConfig:
   # token mixing R^{ST}->R^{ST}; 'per_frame': S x S per frame.
   fuser_mixing: str = field('global', choices=FUSER_MIXINGS)
   fuser_mlp_dim: int = field(64, minimum=1)  # hidden width of the fuser's beta MLP (Eq. 2).
+  # The fuser's mixing matrix at init (modules.TokenFuser.mixing_init): 'zeros' (Scenic; the
+  # tokens get no gradient at step 0) or 'identity' (gated, a gentler start).
+  fuser_mixing_init: str = field('zeros', choices=MIXING_INITS)
   pooling: str = field('sum', choices=POOLINGS)  # rho of Eq. 1: 'sum' or 'mean' over positions.
   bottleneck_dim: int = field(64, minimum=1)  # v1.1 alpha MLP hidden width.
   dropout_rate: float = field(0.0, maximum=1.0, below_max=True)  # v1.1 alpha MLP, fuser.

@@ -205,7 +205,8 @@ class Encoder(nn.Module):
     dtype, name = jnp.dtype(cfg.dtype), f'fuser_{step.layer}'
     if step.fuser_type == 'tokenfuser':
       return TokenFuser(step.fuser_mixing, tl.fuser_mlp_dim, tl.dropout_rate, dtype=dtype,
-                        name=name)(tokens, residual, grid, train=train)
+                        mixing_init=tl.fuser_mixing_init, name=name)(tokens, residual, grid,
+                                                                     train=train)
     if step.fuser_type == 'unpool':
       return ablations.Unpool(name=name)(tokens, residual, maps, grid, train=train)
     return ablations.Reprojection(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
