@@ -428,5 +428,5 @@ def test_image_folder_counts_ignored_files(tmp_path):
   assert (info.num_train, info.num_eval, info.num_classes) == (3, 2, 2)
   assert (info.ignored_hidden, info.ignored_other) == (4, 3)
   from token_learner.train import logger  # pylint: disable=g-import-not-at-top
-  assert logger.ignored_files(info) == '; 7 files ignored (4 hidden, 3 not .png/.jpg/.jpeg)'
+  assert logger.ignored_files(info) == '; 7 files ignored (4 hidden, 3 without an image extension)'
   assert logger.ignored_files(data.dataset_info(make_cfg())) == ''

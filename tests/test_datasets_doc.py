@@ -235,4 +235,4 @@ def test_three_class_image_folder_run_drops_top5_and_counts_ignored_files(
   assert 'eval_accuracy' in final and 'eval_accuracy' in json_.dumps(summary)
   assert 'top5' not in json_.dumps(summary) and not any('top5' in k for k in final)
   assert '12 train / 6 eval examples, 3 classes' in caplog.text
-  assert '2 files ignored (1 hidden, 1 not .png/.jpg/.jpeg)' in caplog.text
+  assert '2 files ignored (1 hidden, 1 without an image extension)' in caplog.text

@@ -137,8 +137,8 @@ def ignored_files(info) -> str:
   hidden, other = info.ignored_hidden, info.ignored_other
   if not hidden + other:
     return ''
-  return (f'; {hidden + other} files ignored ({hidden} hidden, {other} not '
-          f'.png/.jpg/.jpeg)')
+  return (f'; {hidden + other} files ignored ({hidden} hidden, {other} without an image '
+          'extension)')
 
 
 def log_setup(experiment, cfg, mesh, info, state, gflops: float, num_params: int):
