@@ -14,7 +14,6 @@ token_learner.evals.config.FewShotEval) if the config has none. Nothing in WORKD
 touched.
 """
 import json
-import os
 import re
 
 from absl import app
@@ -25,6 +24,7 @@ from ml_collections import config_flags
 from token_learner import data
 from token_learner import evals as evals_lib
 from token_learner import experiment as experiment_lib
+from token_learner import paths
 from token_learner.train import checkpoints
 from token_learner.train import setup
 
@@ -64,7 +64,7 @@ def evaluate_checkpoint(config, workdir: str, step=None, split=None, fewshot=Fal
                         names=None) -> dict:
   """{'step', 'split', '<evaluator>_<metric>' of every evaluator} of checkpoint `step` (default:
   the latest) of `workdir`; `config` None: the one stored with the checkpoint."""
-  path = workdir if step is None else os.path.join(workdir, checkpoints.CHECKPOINTS, str(step))
+  path = workdir if step is None else paths.join(workdir, checkpoints.CHECKPOINTS, str(step))
   item = checkpoints.item_dir(path)
   step = int(re.search(r'(\d+)(/[^/]*)?$', item.rstrip('/')).group(1))
   if config is None:
@@ -85,10 +85,8 @@ def main(argv):
   result = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.split,
                                FLAGS.fewshot, FLAGS.evals)
   if jax.process_index() == 0:
-    path = os.path.join(FLAGS.workdir, f'eval_{result["step"]}.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(result, f, indent=2)
-    os.replace(path + '.tmp', path)
+    path = paths.join(paths.absolute(FLAGS.workdir), f'eval_{result["step"]}.json')
+    paths.write_text_atomic(path, json.dumps(result, indent=2))
     print(f'{path}: {json.dumps(result)}')
 
 

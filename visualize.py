@@ -10,13 +10,13 @@ between its tokens (`token_learner.diagnostics`; an overlap near 1 means collaps
 run's config is the one stored with the checkpoint, unless --config names one.
 """
 import json
-import os
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from token_learner import experiment as experiment_lib
+from token_learner import paths
 from token_learner.train import checkpoints
 from token_learner.evals import attention_maps
 
@@ -37,7 +37,7 @@ def main(argv):
   experiment = experiment_lib.from_config(config)
   params = checkpoints.restore_params(FLAGS.workdir)
   inputs = attention_maps.examples(experiment.data, FLAGS.split, FLAGS.num_examples)
-  out = FLAGS.out or os.path.join(FLAGS.workdir, 'maps')
+  out = FLAGS.out or paths.join(paths.absolute(FLAGS.workdir), 'maps')
   stats = attention_maps.render(experiment, params, inputs, out)
   print(f'{len(inputs)} figures in {out}; token stats: {json.dumps(stats)}')
 

@@ -72,8 +72,10 @@ def makedirs(path):
 
 
 def listdir(path) -> List[str]:
-  """The names (not paths) in folder `path`, sorted."""
-  return sorted(name(p) for p in _p(path).iterdir())
+  """The names (not paths) in folder `path`, sorted (on an object store without the folder's own
+  `name/` marker object, which TensorFlow writes and gcsfs lists as an entry)."""
+  own = os.fspath(path).rstrip('/')
+  return sorted(name(p) for p in _p(path).iterdir() if os.fspath(p).rstrip('/') != own)
 
 
 def glob(path, pattern: str) -> List[str]:

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from token_learner import fields
+from token_learner import paths
 from token_learner.train import preemption
 
 CHECKPOINTS = 'checkpoints'
@@ -38,7 +39,7 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Asynchronous manager of WORKDIR/checkpoints keeping the newest `keep` steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS),
+  return ocp.CheckpointManager(paths.join(paths.absolute(workdir), CHECKPOINTS),
                                options=options)
 
 
@@ -60,24 +61,23 @@ class CorruptCheckpointError(RuntimeError):
 
 def check_writable(workdir: str, needed_bytes: int = 0):
   """Raises OSError naming the folder unless WORKDIR/checkpoints is (or can be made) a writable
-  directory with room for about `needed_bytes`: found before compiling, not at the first save."""
-  path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
-  probe = os.path.join(path, f'.write_probe.{jax.process_index()}.{os.getpid()}')
+  directory with room for about `needed_bytes`: found before compiling, not at the first save.
+
+  A URL (gs://...) gets the same probe object written and removed; free space is checked only on
+  a local disk (an object store has no such probe)."""
+  path = paths.join(paths.absolute(workdir), CHECKPOINTS)
+  probe = paths.join(path, f'.write_probe.{jax.process_index()}.{os.getpid()}')
   try:
-    os.makedirs(path, exist_ok=True)
-    with open(probe, 'wb') as f:
-      f.write(b'\0' * 4096)
-      f.flush()
-      os.fsync(f.fileno())
-    os.remove(probe)
-    stats = os.statvfs(path)
-    free = stats.f_bavail * stats.f_frsize
-    if free < needed_bytes:
+    paths.makedirs(path)
+    paths.write_bytes_atomic(probe, b'\0' * 4096)  # fsynced on a local disk.
+    paths.remove(probe)
+    free = paths.free_bytes(path)
+    if free is not None and free < needed_bytes:
       raise OSError(errno.ENOSPC, f'{free / 2**20:.1f} MiB free, a checkpoint needs about '
                     f'{needed_bytes / 2**20:.1f} MiB')
-  except OSError as e:
-    raise OSError(e.errno, f'Cannot write checkpoints to {path}: '
-                  f'{e.strerror or e}') from None
+  except Exception as e:  # pylint: disable=broad-except  # An object store's client errors too.
+    raise OSError(getattr(e, 'errno', None), f'Cannot write checkpoints to {path}: '
+                  f'{getattr(e, "strerror", None) or e}') from None
 
 
 def _leaf_digest(x):
@@ -145,7 +145,7 @@ def check_errors(mngr: ocp.CheckpointManager, step: Optional[int] = None):
   except Exception as e:  # pylint: disable=broad-except
     raise OSError(f'Saving a checkpoint to {mngr.directory} failed: {e}') from e
   if (step is not None and jax.process_index() == 0 and not mngr.is_saving_in_progress()
-      and not os.path.isdir(os.path.join(os.fspath(mngr.directory), str(step)))):
+      and not paths.isdir(paths.join(os.fspath(mngr.directory), str(step)))):
     raise OSError(f'Saving the checkpoint of step {step} to {mngr.directory} failed (the '
                   'error is logged above); is the disk full?')
 
@@ -170,10 +170,9 @@ def close(mngr: ocp.CheckpointManager):
 
 def step_metadata(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
   """The custom metadata `save` stored with `step` ({} for checkpoints written before it)."""
-  path = os.path.join(os.fspath(mngr.directory), str(step), _STEP_METADATA)
+  path = paths.join(os.fspath(mngr.directory), str(step), _STEP_METADATA)
   try:
-    with open(path) as f:
-      return dict(json.load(f).get('custom_metadata') or {})
+    return dict(json.loads(paths.read_text(path)).get('custom_metadata') or {})
   except (OSError, ValueError, AttributeError):  # Missing, torn or not a JSON object.
     return {}
 
@@ -181,11 +180,10 @@ def step_metadata(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
 def saved_config(path: str) -> Dict[str, Any]:
   """The config stored with a checkpoint (`path`: anything `item_dir` accepts, e.g. a workdir
   for its newest step); a ValueError naming the file if it has none."""
-  step_dir = os.path.dirname(item_dir(path))
-  metadata = os.path.join(step_dir, _STEP_METADATA)
+  step_dir = paths.parent(item_dir(path))
+  metadata = paths.join(step_dir, _STEP_METADATA)
   try:
-    with open(metadata) as f:
-      config = (json.load(f).get('custom_metadata') or {}).get('config')
+    config = (json.loads(paths.read_text(metadata)).get('custom_metadata') or {}).get('config')
   except (OSError, ValueError, AttributeError):
     config = None
   if not config:
@@ -246,8 +244,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state,
       mngr.close()
       if jax.process_index() == 0:
         for bad_step, _ in failures:
-          os.replace(os.path.join(directory, str(bad_step)),
-                     os.path.join(directory, f'{bad_step}.corrupt.{int(time.time())}'))
+          folder = os.fspath(directory)
+          paths.rename(paths.join(folder, str(bad_step)),
+                       paths.join(folder, f'{bad_step}.corrupt.{int(time.time())}'))
       multihost_utils.sync_global_devices('checkpoints:corrupt_moved')
       mngr = ocp.CheckpointManager(directory, options=mngr._options)  # pylint: disable=protected-access
     logging.info('Restored checkpoint at step %d (verified against its digest).', step)
@@ -298,14 +297,15 @@ def check_config(saved: Mapping[str, Any], config: Mapping[str, Any],
 def item_dir(path: str) -> str:
   """workdir | workdir/checkpoints | .../checkpoints/<step> | .../<step>/default -> item folder
   (the newest step when `path` holds several)."""
-  if os.path.isdir(os.path.join(path, CHECKPOINTS)):
-    path = os.path.join(path, CHECKPOINTS)
-  steps = [d for d in os.listdir(path) if d.isdigit()]
+  path = paths.absolute(path)
+  if paths.isdir(paths.join(path, CHECKPOINTS)):
+    path = paths.join(path, CHECKPOINTS)
+  steps = [d for d in paths.listdir(path) if d.isdigit()]
   if steps:
-    path = os.path.join(path, max(steps, key=int))
-  if os.path.isdir(os.path.join(path, _ITEM)):
-    path = os.path.join(path, _ITEM)
-  return os.path.abspath(path)
+    path = paths.join(path, max(steps, key=int))
+  if paths.isdir(paths.join(path, _ITEM)):
+    path = paths.join(path, _ITEM)
+  return path
 
 
 def restore_params(path: str):
