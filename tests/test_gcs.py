@@ -49,6 +49,10 @@ def runs(gcs, tiny_config, subprocess_env, tmp_path_factory):
   prefix = f'runs-{uuid.uuid4().hex[:8]}'
   killed, reference = (f'gs://{BUCKET}/{prefix}/killed', f'gs://{BUCKET}/{prefix}/reference')
   env = dict(subprocess_env(num_devices=8), **gcs.env)
+  # The child compiles into this session's cache, so the in-process runs below reuse its programs.
+  env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   log = open(cwd.parent / 'killed.log', 'w')
   first = subprocess.Popen(_main_command(killed, CONFIG), cwd=cwd, env=env,
                            stdout=log, stderr=subprocess.STDOUT)
@@ -109,15 +113,11 @@ def test_evaluate_reads_the_bucket_workdir(runs):
   assert result['eval_loss'] == pytest.approx(runs['resumed']['eval_loss'], rel=1e-5)
 
 
-def test_two_processes_restore_and_save_together_in_the_bucket(runs, gcs, tiny_config):
-  """Both processes of a 2 x 4-device run restore step STEPS of the killed run's workdir from
-  the bucket and save steps STEPS + 2, STEPS + 4 together; the result matches one process."""
-  more = dict(CONFIG, num_train_steps=STEPS + 4, checkpoint_every_steps=2)
+def _two_processes(command, cwd, env):
+  """Runs `command` as processes 0 and 1 of one run; their (return codes, outputs)."""
   port = free_port()
-  command = _main_command(runs['killed'], more, f'--coordinator_address=localhost:{port}',
-                          '--num_processes=2', '--allow_config_change=num_train_steps')
-  env = dict(runs['env'], XLA_FLAGS=runs['env']['XLA_FLAGS'].replace('count=8', 'count=4'))
-  processes = [subprocess.Popen(command + [f'--process_id={i}'], cwd=runs['cwd'], env=env,
+  command = command + [f'--coordinator_address=localhost:{port}', '--num_processes=2']
+  processes = [subprocess.Popen(command + [f'--process_id={i}'], cwd=cwd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for i in range(2)]
   outputs = []
@@ -128,8 +128,34 @@ def test_two_processes_restore_and_save_together_in_the_bucket(runs, gcs, tiny_c
       for q in processes:
         q.kill()
       pytest.fail('two-process run timed out')
-  for p, out in zip(processes, outputs):
-    assert p.returncode == 0, out[-3000:]
+  return [p.returncode for p in processes], outputs
+
+
+def test_two_processes_restore_and_save_together_in_the_bucket(runs, gcs, tiny_config):
+  """A 2 x 4-device run on the killed run's workdir: first, with another live run's lock
+  there, both processes exit 2 before compiling, naming the holder, and write nothing; then
+  both restore step STEPS from the bucket and save steps STEPS + 2, STEPS + 4 together, and the
+  result matches one process."""
+  more = dict(CONFIG, num_train_steps=STEPS + 4, checkpoint_every_steps=2)
+  command = _main_command(runs['killed'], more, '--allow_config_change=num_train_steps')
+  env = dict(runs['env'], XLA_FLAGS=runs['env']['XLA_FLAGS'].replace('count=8', 'count=4'))
+  lock = paths.join(runs['killed'], 'workdir.lock')
+  paths.write_text_atomic(lock, json.dumps(dict(  # A live holder: its heartbeat is ahead.
+      host='another-host', pid=4242, start_time=1.7e9, heartbeat=time.time() + 3600,
+      token='rival')))
+  before = gcs.objects(f'{runs["prefix"]}/killed/')
+  codes, outputs = _two_processes(command, runs['cwd'], env)
+  for code, out in zip(codes, outputs):
+    assert code == 2, out[-3000:]
+    assert (f'main.py: workdir {runs["killed"]} is in use by another run (host another-host, '
+            'pid 4242, started 2023-11-14 22:13:20 UTC') in out, out[-3000:]
+    assert 'Train step:' not in out  # Refused before the train step was compiled.
+  assert gcs.objects(f'{runs["prefix"]}/killed/') == before
+  paths.remove(lock)
+
+  codes, outputs = _two_processes(command, runs['cwd'], env)
+  for code, out in zip(codes, outputs):
+    assert code == 0, out[-3000:]
     assert f'Resuming at step {STEPS}' in out
   one = loop.train_and_evaluate(tiny_config(**more), runs['reference'],
                                 allow_config_change=['num_train_steps'])
@@ -139,6 +165,7 @@ def test_two_processes_restore_and_save_together_in_the_bucket(runs, gcs, tiny_c
                                                                     abs=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                _params(runs['killed'], STEPS + 4), _params(runs['reference'], STEPS + 4))
+  assert not paths.exists(lock)  # Released by process 0.
 
 
 def test_no_local_folder_named_gs(runs):

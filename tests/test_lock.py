@@ -14,7 +14,6 @@ import jax
 import pytest
 
 from gcs_emulator import BUCKET, gcs, gcs_server  # pylint: disable=unused-import
-import main
 from token_learner import paths
 from token_learner.train import loop
 
@@ -58,19 +57,19 @@ def _count_compiles():
   _RECORDING[0] = False
 
 
-def test_busy_workdir_is_refused_before_compiling_and_left_untouched(tmp_path, tiny_config,
-                                                                     capsys):
-  """A live run (this process, on this host, beating) holds the workdir: a second run exits 2
-  with one line naming the workdir and the holder, compiles nothing and writes nothing."""
+def test_busy_workdir_is_refused_before_compiling_and_left_untouched(tmp_path, tiny_config):
+  """A live run (this process, on this host, beating) holds the workdir: a second run is refused
+  with one line naming the workdir and the holder (main.py prints it and exits 2, as
+  test_gcs.py's two-process case checks), compiles nothing and writes nothing."""
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / LOCK_FILE).write_text(_record(start=1.7e9))
   (workdir / 'summary.json').write_text('{"the first run": 1}')
   before = _snapshot(workdir)
-  with pytest.raises(SystemExit) as exit_info:
-    main.train(tiny_config(), str(workdir))
-  assert exit_info.value.code == 2
-  line = capsys.readouterr().err.strip()
+  with pytest.raises(Exception) as error:
+    loop.train_and_evaluate(tiny_config(), str(workdir))
+  assert type(error.value).__name__ == 'WorkdirBusyError', error.value
+  line = str(error.value)
   assert len(line.splitlines()) == 1, line
   for part in (str(workdir), socket.gethostname(), f'pid {os.getpid()}', '2023-11-14 22:13:20'):
     assert part in line, (part, line)
