@@ -1,24 +1,28 @@
 """A real GCS-protocol server for the tests, and the settings that point each library at it.
 
-`python tests/gcs_emulator.py PORT PROXY_PORT CERT KEY` (what `start()` launches in a child
-process) serves, on 127.0.0.1:
+`Emulator(folder)` launches `python tests/gcs_emulator.py PORT PROXY_PORT CERT KEY` in a child
+process, which serves on 127.0.0.1:
 
-- PORT: gcp-storage-emulator (in memory, bucket `BUCKET`), the GCS JSON / upload / download API;
+- PORT: gcp-storage-emulator (in memory, bucket `BUCKET`), the GCS JSON / upload / download API,
+  with what real GCS does and the emulator lacks added (`_main`): object generations in
+  download headers and the ifGenerationMatch precondition (tensorstore's OCDBT manifest
+  updates fail without them: "Malformed StorageGeneration"), empty uploads, chunked bodies;
 - PROXY_PORT: an HTTPS CONNECT proxy for TensorFlow's GCS file system, whose endpoints are fixed
-  (https://www.googleapis.com/storage/v1/, https://storage.googleapis.com/<bucket>/<object>):
-  it answers CONNECT, ends TLS with CERT (a self-signed certificate for those two hosts, trusted
-  through CURL_CA_BUNDLE) and relays the plain HTTP to the emulator.
+  (https://www.googleapis.com/storage/v1/, https://storage.googleapis.com/<bucket>/<object>;
+  no endpoint variable in TF 2.21): it answers CONNECT, ends TLS with CERT (a self-signed
+  certificate for those two hosts, trusted through CURL_CA_BUNDLE) and relays the plain HTTP to
+  the emulator.
 
-Each library's documented setting (`environment()`):
+The setting of each library (`environment()`):
 
-- etils.epath (orbax's metadata files, token_learner.paths): EPATH_USE_TF=false picks the
+- etils.epath (orbax's metadata files, token_learner.paths): EPATH_USE_TF=false picks its
   fsspec backend (gcsfs) instead of tf.io.gfile; gcsfs talks to STORAGE_EMULATOR_HOST without
   credentials; GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false skips its bucket-type probe (a call to
-  the real storage-control API).
+  the real storage-control API); FSSPEC_GCS turns off its per-process listing cache.
 - tensorstore (orbax's array data): TENSORSTORE_GCS_HTTP_URL, and GOOGLE_AUTH_TOKEN_FOR_TESTING
   as the bearer token (no metadata server or credentials file).
-- TensorFlow (tf.summary event files of clu's writer): https_proxy + CURL_CA_BUNDLE (libcurl's
-  own variables), GOOGLE_AUTH_TOKEN_FOR_TESTING and NO_GCE_CHECK=true.
+- TensorFlow (tf.summary event files of clu's writer, tf.io.gfile): https_proxy and
+  CURL_CA_BUNDLE (read by its libcurl), GOOGLE_AUTH_TOKEN_FOR_TESTING and NO_GCE_CHECK=true.
 """
 import json
 import os
@@ -245,9 +249,10 @@ def _main(port, proxy_port, cert, key):
     # Behind the TLS proxy the client spoke https: the resumable-upload Location it is given
     # must say so (the emulator builds it as http://<Host>).
     request_init(self, handler, method)
+    # pylint: disable=protected-access
     if handler.headers.get('Host', '').split(':')[0] in _TF_HOSTS:
-      self._base_url = self._base_url.replace('http://', 'https://', 1)  # pylint: disable=protected-access
-      self._full_url = self._full_url.replace('http://', 'https://', 1)  # pylint: disable=protected-access
+      self._base_url = self._base_url.replace('http://', 'https://', 1)
+      self._full_url = self._full_url.replace('http://', 'https://', 1)
 
   server.Request.__init__ = https_behind_proxy
   server.HANDLERS = tuple((regex, {method: _with_generations(handler)
