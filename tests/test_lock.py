@@ -79,6 +79,9 @@ def test_busy_workdir_is_refused_before_compiling_and_left_untouched(tmp_path, t
 
 def test_lock_of_a_dead_process_is_taken_over_and_released(tmp_path, caplog):
   from token_learner.train import workdir_lock  # pylint: disable=g-import-not-at-top
+  assert loop.workdir_lock.paths.create_exclusive(str(tmp_path / 'x'), b'1')
+  assert not paths.create_exclusive(str(tmp_path / 'x'), b'2')  # O_EXCL: the first one stays.
+  assert (tmp_path / 'x').read_bytes() == b'1'
   (tmp_path / LOCK_FILE).write_text(_record(pid=_dead_pid()))
   with caplog.at_level(logging.WARNING):
     lock = workdir_lock.acquire(str(tmp_path))
@@ -130,6 +133,9 @@ def test_lock_on_the_gcs_emulator(gcs, monkeypatch):
   workdir = f'gs://{BUCKET}/{prefix}'
   lock = workdir_lock.acquire(workdir)
   assert gcs.objects(prefix) == [f'{prefix}/{LOCK_FILE}']
+  # The create is a test-and-set on the server (ifGenerationMatch=0): a rival's is refused.
+  assert not paths.create_exclusive(paths.join(workdir, LOCK_FILE), b'{}')
+  assert json.loads(paths.read_text(paths.join(workdir, LOCK_FILE)))['pid'] == os.getpid()
   with pytest.raises(workdir_lock.WorkdirBusyError, match=f'workdir {workdir} .*pid {os.getpid()}'):
     workdir_lock.acquire(workdir)
   lock.release()

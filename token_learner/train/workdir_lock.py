@@ -12,16 +12,19 @@ can be checked). `release()` (at the end of the run, after an exception, after a
 checkpoint) removes it if it is still this run's.
 
 Atomicity:
-- local disk: created with O_CREAT | O_EXCL, so of two runs starting together exactly one gets
-  it. A stale lock is first renamed to a name of our own; if what we moved is not the stale
-  record we read (a rival took over between our read and our rename), it is put back with
-  os.link (which fails if a third lock exists) and the workdir counts as busy.
-- object store (gs://...): there is no exclusive create through the path layer. A run that finds
-  no lock (or a stale one) writes its record with a fresh random token, waits SETTLE_S seconds
-  and reads it back (reads after writes are strongly consistent on GCS): only the last writer
-  sees its own token, the others report the workdir busy. Two runs are both let in only if
-  one's existence check and write both fall inside the other's settle window after its read;
-  the holder's heartbeat re-reads the lock and logs an error if the token changed.
+- a new lock is created atomically where the store allows (paths.create_exclusive): O_CREAT |
+  O_EXCL on a local disk, an upload with the precondition ifGenerationMatch=0 on gs:// (gcsfs),
+  so of two runs starting together exactly one gets it.
+- local disk, taking over a stale lock: it is first renamed to a name of our own; if what we
+  moved is not the stale record we read (a rival took over between our read and our rename),
+  it is put back with os.link (which fails if a third lock exists) and the workdir counts as
+  busy; then the exclusive create decides between rivals.
+- object store, taking over a stale lock (or creating one where there is no exclusive create):
+  the run writes its record with a fresh random token, waits SETTLE_S seconds and reads it back
+  (reads after writes are strongly consistent on GCS): only the last writer sees its own token,
+  the others report the workdir busy. Two runs are both let in only if one's check and write
+  both fall inside the other's settle window after its read-back; the holder's heartbeat
+  re-reads the lock and logs an error if the token changed.
 
 Multi-process runs: process 0 takes, beats and releases the lock; the outcome is broadcast, so
 every process stops together when the workdir is busy.
@@ -117,16 +120,13 @@ class WorkdirLock:
   def _encoded(self) -> bytes:
     return json.dumps(self.record).encode()
 
-  def _create_local(self) -> bool:
+  def _create(self) -> bool:
+    """An atomic create where the store has one (paths.create_exclusive), else
+    write-and-confirm."""
     try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, 'wb') as f:
-      f.write(self._encoded())
-      f.flush()
-      os.fsync(f.fileno())
-    return True
+      return paths.create_exclusive(self.path, self._encoded())
+    except NotImplementedError:
+      return self._write_and_confirm()
 
   def _write_and_confirm(self) -> bool:
     paths.write_bytes_atomic(self.path, self._encoded())
@@ -157,7 +157,7 @@ class WorkdirLock:
     for _ in range(3):  # A rival may win a takeover race; look again.
       holder = _read(self.path)
       if holder is None:
-        if self._create_local() if local else self._write_and_confirm():
+        if self._create():
           return self._held()
         continue
       reason = stale_reason(holder)
@@ -166,7 +166,7 @@ class WorkdirLock:
       logging.warning('Taking over the lock of workdir %s from a dead run (%s): %s.',
                       self.workdir, describe(holder), reason)
       if local:
-        if self._move_aside_local(holder) and self._create_local():
+        if self._move_aside_local(holder) and self._create():
           return self._held()
       elif self._write_and_confirm():
         return self._held()
