@@ -3,8 +3,10 @@ r"""Trains and evaluates a model: `python main.py --config=configs/X.py --workdi
 Config fields can be overridden on the command line (`--config.learning_rate=1e-3`); the config
 is locked, so a misspelled field is an error. Re-running the same command resumes from the
 checkpoints in DIR (a changed config is refused unless --allow_config_change names the fields).
-Exit status: 0 done, 2 a config error (one line naming the field), 75 preempted by SIGTERM after
-saving a checkpoint (run the command again to resume).
+Exit status: 0 done, 2 a config error (one line naming the field) or a workdir in use by another
+live run (one line naming the workdir and the holder: host, pid, start time; the lock
+WORKDIR/workdir.lock of token_learner/train/workdir_lock.py), 75 preempted by SIGTERM after
+saving a checkpoint (run the command again to resume). DIR may be a URL (gs://bucket/run).
 
 Multi-process: on TPU pods and SLURM / Open MPI clusters `jax.distributed` finds its peers
 itself; elsewhere (GPU or CPU hosts) pass --coordinator_address=HOST:PORT --num_processes=N
@@ -30,6 +32,7 @@ from token_learner import flag_parsing
 from token_learner.train import compile_cache
 from token_learner.train import loop
 from token_learner.train import preemption
+from token_learner.train import workdir_lock
 from token_learner.train import xla_flags
 
 FLAGS = flags.FLAGS
@@ -96,12 +99,17 @@ def main(argv):
 
 
 def train(config, workdir, allow_config_change=()):
-  """train_and_evaluate; a config error exits 2 with one line, a preemption exits 75."""
+  """train_and_evaluate; a config error or a busy workdir exits 2 with one line, a preemption
+  exits 75."""
   try:
     compile_cache.enable_for(config)  # config.compilation_cache_dir, before anything compiles.
     loop.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   except fields.ConfigError as e:  # One line naming the field, no traceback.
     sys.stderr.write(f'main.py: config error: {e}\n')
+    sys.exit(2)
+  except workdir_lock.WorkdirBusyError as e:  # Every process of the run, before compiling.
+    sys.stderr.write(f'main.py: {e}\n')
+    logging.flush()
     sys.exit(2)
   except preemption.Preempted as e:
     logging.warning('%s', e)

@@ -13,7 +13,6 @@ the checkpoint, or --config compared with it (differences listed, model changes 
 in --allow_config_change); a corrupt or unverifiable checkpoint is refused.
 """
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -21,6 +20,7 @@ from ml_collections import config_flags
 
 from token_learner import experiment as experiment_lib
 from token_learner import flag_parsing
+from token_learner import paths
 from token_learner.train import checkpoints
 from token_learner.evals import attention_maps
 
@@ -53,7 +53,7 @@ def main(argv):
                                    FLAGS.allow_config_change)
   experiment = experiment_lib.from_config(config)
   inputs = attention_maps.examples(experiment.data, FLAGS.split, FLAGS.num_examples)
-  out = FLAGS.out or os.path.join(FLAGS.workdir, 'maps')
+  out = FLAGS.out or paths.join(paths.absolute(FLAGS.workdir), 'maps')
   stats = attention_maps.render(experiment, params, inputs, out)
   print(f'{len(inputs)} figures in {out}; token stats: {json.dumps(stats)}')
 

@@ -72,8 +72,10 @@ def makedirs(path):
 
 
 def listdir(path) -> List[str]:
-  """The names (not paths) in folder `path`, sorted."""
-  return sorted(name(p) for p in _p(path).iterdir())
+  """The names (not paths) in folder `path`, sorted (on an object store without the folder's own
+  `name/` marker object, which TensorFlow writes and gcsfs lists as an entry)."""
+  own = os.fspath(path).rstrip('/')
+  return sorted(name(p) for p in _p(path).iterdir() if os.fspath(p).rstrip('/') != own)
 
 
 def glob(path, pattern: str) -> List[str]:
@@ -121,6 +123,37 @@ def write_bytes_atomic(path, data: bytes):
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def create_exclusive(path, data: bytes) -> bool:
+  """Writes `data` to `path` unless it exists, as one atomic test-and-create; False if it exists.
+
+  O_CREAT | O_EXCL on a local disk; on gs:// an upload with the precondition ifGenerationMatch=0
+  through gcsfs (its 'x' mode). NotImplementedError elsewhere (or without gcsfs)."""
+  path = os.fspath(path)
+  if not is_url(path):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    return True
+  try:
+    import gcsfs  # pylint: disable=g-import-not-at-top,unused-import
+    import fsspec  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    gcsfs = None
+  if gcsfs is None or not path.startswith('gs://'):
+    raise NotImplementedError(f'no exclusive create for {path}')
+  try:
+    with fsspec.filesystem('gcs').open(path, 'xb') as f:
+      f.write(data)
+  except FileExistsError:
+    return False
+  return True
 
 
 def write_text_atomic(path, text: str):

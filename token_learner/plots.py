@@ -1,9 +1,12 @@
 """Figures: accuracy vs GFLOPs of a sweep (the paper's Fig. 5 / 6), TokenLearner attention maps
 (Fig. 10).
 """
+import io
+
 import matplotlib
 import numpy as np
 
+from token_learner import paths
 from token_learner.data.normalize import to_unit
 
 matplotlib.use('Agg')  # Files only, no display.
@@ -23,8 +26,7 @@ def accuracy_vs_gflops(path, rows, metric='eval_accuracy'):
   ax.set_title(f'{len(done)} runs: accuracy vs compute')
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  save(fig, path)
 
 
 def _display(image, mean, std):
@@ -103,8 +105,11 @@ def to_array(fig) -> np.ndarray:
 
 
 def save(fig, path):
-  fig.savefig(path)
+  """Writes `fig` to `path` (local or a URL; the format from its extension) and closes it."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=paths.name(path).rsplit('.', 1)[-1])
   plt.close(fig)
+  paths.write_bytes_atomic(path, buffer.getvalue())
 
 
 def accuracy_vs_gflops_spread(path, title, points):
@@ -124,5 +129,4 @@ def accuracy_vs_gflops_spread(path, title, points):
   ax.set_title(title)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  save(fig, path)

@@ -5,7 +5,6 @@ kind 'attention_maps' in `config.evals` draws them to TensorBoard during trainin
 imported here, so only runs that draw maps load it.
 """
 import json
-import os
 
 import jax
 import numpy as np
@@ -14,6 +13,7 @@ from token_learner import build_model
 from token_learner import data
 from token_learner import diagnostics
 from token_learner import fields
+from token_learner import paths
 from token_learner import plots
 from token_learner.data.normalize import normalize
 
@@ -60,16 +60,16 @@ def _attention_maps(experiment, data_cfg=None):
 
 
 def render(experiment, params, inputs, out):
-  """Writes one figure per input and token_stats.json; returns the stats."""
+  """Writes one figure per input and token_stats.json to folder `out` (local or a URL);
+  returns the stats."""
   maps = [np.asarray(m) for m in _attention_maps(experiment)(params, inputs)]
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
   for i, x in enumerate(inputs):
     title = f'{experiment.model.name} {experiment.model.variant}, example {i}'
     plots.save(_figure(experiment, x, [m[i] for m in maps], title),
-               os.path.join(out, f'example_{i}.png'))
+               paths.join(out, f'example_{i}.png'))
   stats = diagnostics.all_token_stats(maps)
-  with open(os.path.join(out, 'token_stats.json'), 'w') as f:
-    json.dump(stats, f, indent=2)
+  paths.write_text_atomic(paths.join(out, 'token_stats.json'), json.dumps(stats, indent=2))
   return stats
 
 

@@ -43,7 +43,7 @@ _STEP_METADATA = '_CHECKPOINT_METADATA'  # orbax's step metadata file, with our 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Asynchronous manager of WORKDIR/checkpoints keeping the newest `keep` steps; partial saves
   a killed or failed run left there are removed first (remove_partial_saves)."""
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  directory = paths.join(paths.absolute(workdir), CHECKPOINTS)
   remove_partial_saves(directory)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=True)
@@ -84,24 +84,23 @@ class ConfigChangedError(fields.ConfigError):
 
 def check_writable(workdir: str, needed_bytes: int = 0):
   """Raises OSError naming the folder unless WORKDIR/checkpoints is (or can be made) a writable
-  directory with room for about `needed_bytes`: found before compiling, not at the first save."""
-  path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
-  probe = os.path.join(path, f'.write_probe.{jax.process_index()}.{os.getpid()}')
+  directory with room for about `needed_bytes`: found before compiling, not at the first save.
+
+  A URL (gs://...) gets the same probe object written and removed; free space is checked only on
+  a local disk (an object store has no such probe)."""
+  path = paths.join(paths.absolute(workdir), CHECKPOINTS)
+  probe = paths.join(path, f'.write_probe.{jax.process_index()}.{os.getpid()}')
   try:
-    os.makedirs(path, exist_ok=True)
-    with open(probe, 'wb') as f:
-      f.write(b'\0' * 4096)
-      f.flush()
-      os.fsync(f.fileno())
-    os.remove(probe)
-    stats = os.statvfs(path)
-    free = stats.f_bavail * stats.f_frsize
-    if free < needed_bytes:
+    paths.makedirs(path)
+    paths.write_bytes_atomic(probe, b'\0' * 4096)  # fsynced on a local disk.
+    paths.remove(probe)
+    free = paths.free_bytes(path)
+    if free is not None and free < needed_bytes:
       raise OSError(errno.ENOSPC, f'{free / 2**20:.1f} MiB free, a checkpoint needs about '
                     f'{needed_bytes / 2**20:.1f} MiB')
-  except OSError as e:
-    raise OSError(e.errno, f'Cannot write checkpoints to {path}: '
-                  f'{e.strerror or e}') from None
+  except Exception as e:  # pylint: disable=broad-except  # An object store's client errors too.
+    raise OSError(getattr(e, 'errno', None), f'Cannot write checkpoints to {path}: '
+                  f'{getattr(e, "strerror", None) or e}') from None
 
 
 def _leaf_digest(x):
@@ -179,7 +178,7 @@ def check_errors(mngr: ocp.CheckpointManager, step: Optional[int] = None):
     _after_failed_save(mngr)
     raise OSError(f'Saving a checkpoint to {mngr.directory} failed: {e}') from e
   if (step is not None and jax.process_index() == 0 and not mngr.is_saving_in_progress()
-      and not os.path.isdir(os.path.join(os.fspath(mngr.directory), str(step)))):
+      and not paths.isdir(paths.join(os.fspath(mngr.directory), str(step)))):
     _after_failed_save(mngr)
     raise OSError(f'Saving the checkpoint of step {step} to {mngr.directory} failed (the '
                   'error is logged above); is the disk full?')
@@ -555,14 +554,15 @@ def check_model_config(saved: Mapping[str, Any], config: Mapping[str, Any],
 def item_dir(path: str) -> str:
   """workdir | workdir/checkpoints | .../checkpoints/<step> | .../<step>/default -> item folder
   (the newest step when `path` holds several)."""
-  if os.path.isdir(os.path.join(path, CHECKPOINTS)):
-    path = os.path.join(path, CHECKPOINTS)
-  steps = [d for d in os.listdir(path) if d.isdigit()]
+  path = paths.absolute(path)
+  if paths.isdir(paths.join(path, CHECKPOINTS)):
+    path = paths.join(path, CHECKPOINTS)
+  steps = [d for d in paths.listdir(path) if d.isdigit()]
   if steps:
-    path = os.path.join(path, max(steps, key=int))
-  if os.path.isdir(os.path.join(path, _ITEM)):
-    path = os.path.join(path, _ITEM)
-  return os.path.abspath(path)
+    path = paths.join(path, max(steps, key=int))
+  if paths.isdir(paths.join(path, _ITEM)):
+    path = paths.join(path, _ITEM)
+  return path
 
 
 def restore_params(path: str, verify: bool = True, allow_unverified: bool = False):

@@ -1,7 +1,7 @@
 """What a run reports: the setup at start, train metrics at log steps, summary.json at the end."""
 import json
 import math
-import os
+import struct
 import time
 from typing import Any, Dict
 
@@ -117,18 +117,32 @@ def set_aside_events(workdir: str):
   return folder
 
 
+def _records(data: bytes):
+  """The payloads of a TFRecord file's bytes (uint64 length, its CRC, payload, its CRC), up to
+  the first torn record (a killed writer's last one)."""
+  offset = 0
+  while offset + 12 <= len(data):
+    length, = struct.unpack_from('<Q', data, offset)
+    end = offset + 12 + length + 4
+    if end > len(data):
+      return
+    yield data[offset + 12:end - 4]
+    offset = end
+
+
 def _logged_steps(workdir: str) -> Dict[str, int]:
-  """{tag: last step} over the TensorBoard event files of `workdir` (a torn record at the end of
-  a killed run's file ends its reading)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # Only to read event files.
+  """{tag: last step} over the TensorBoard event files of `workdir` (local or a URL, read through
+  the path layer; a torn record at the end of a killed run's file ends its reading)."""
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
   last = {}
-  for path in tf.io.gfile.glob(os.path.join(workdir, 'events.out.tfevents.*')):
-    try:
-      for event in tf.compat.v1.train.summary_iterator(path):
-        for value in event.summary.value:
-          last[value.tag] = max(last.get(value.tag, -1), event.step)
-    except tf.errors.DataLossError:
-      pass
+  for path in paths.glob(workdir, 'events.out.tfevents.*'):
+    for record in _records(paths.read_bytes(path)):
+      try:
+        event = event_pb2.Event.FromString(record)
+      except Exception:  # pylint: disable=broad-except  # A garbled record: stop reading.
+        break
+      for value in event.summary.value:
+        last[value.tag] = max(last.get(value.tag, -1), event.step)
   return last
 
 
@@ -164,7 +178,5 @@ def write_summary(workdir: str, final: Dict[str, Any], **fields):
   so a crash never leaves half a file."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, 'summary.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(dict(final_metrics=final, **fields), f, indent=2, default=str)
-  os.replace(path + '.tmp', path)
+  paths.write_text_atomic(paths.join(workdir, 'summary.json'),
+                          json.dumps(dict(final_metrics=final, **fields), indent=2, default=str))

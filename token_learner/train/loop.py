@@ -29,6 +29,7 @@ from token_learner.train import preemption
 from token_learner.train import setup
 from token_learner.train import sharding
 from token_learner.train import throughput
+from token_learner.train import workdir_lock
 from token_learner.train.config import MULTI_LABEL_LOSSES
 
 
@@ -64,6 +65,7 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
 
   Raises:
     fields.ConfigError: a bad config field (before anything is compiled) or a changed config.
+    workdir_lock.WorkdirBusyError: another live run holds the workdir (before compiling).
     preemption.Preempted: on SIGTERM, after saving the checkpoint of the current step.
 
   Returns:
@@ -81,9 +83,19 @@ def train_and_evaluate(config, workdir: str, *, devices: Optional[Sequence[jax.D
                    process_count=jax.process_count())
     pretrained.check_path(experiment.init)
     checked_evals = evals_lib.check(experiment, data.dataset_info)
-    run = build(experiment, mesh=mesh, num_train_examples=info.num_train)
-    pretrained.check_npz(experiment.init, run.abstract_state.params)  # Nothing compiled yet.
-    cfg = run.cfg
+  with workdir_lock.acquire(workdir):  # One run per workdir, before anything is compiled.
+    with fields.config_errors():
+      run = build(experiment, mesh=mesh, num_train_examples=info.num_train)
+      pretrained.check_npz(experiment.init, run.abstract_state.params)  # Nothing compiled yet.
+    return _train(config, workdir, config_dict, experiment, info, mesh, run, checked_evals,
+                  allow_config_change, train_input, writer, start_time,
+                  allow_unverified_checkpoint)
+
+
+def _train(config, workdir, config_dict, experiment, info, mesh, run, checked_evals,
+           allow_config_change, train_input, writer, start_time, allow_unverified_checkpoint):
+  """train_and_evaluate once its config is checked and the workdir's lock is held."""
+  cfg = run.cfg
   checkpoints.check_writable(workdir, sum(x.size * x.dtype.itemsize
                                           for x in jax.tree.leaves(run.abstract_state)))
   logging.info('Config:\n%s', config)
