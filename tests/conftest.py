@@ -139,9 +139,10 @@ def assert_batches_equal():
   return _assert_batches_equal
 
 
-# Scheduling (pytest.ini: xdist's `loadgroup` in the collection's order, one test a unit): the
-# longest tests first, slowest first, so that the workers start on them together and none is
-# left with a long one while the others are done. Node id prefixes; the rest keep their order.
+# Scheduling (pytest.ini: xdist's `loadgroup` without groups, in the collection's order, one test
+# a unit, round robin): the longest tests first, slowest first, so that the workers start on them
+# together and none is left with a long one while the others are done. Node id prefixes; the rest
+# keep their order.
 SLOW_FIRST = (
     'tests/test_multiprocess.py::test_sigkilled_run_resumes_bit_identical',
     'tests/test_multiprocess.py::test_two_processes_match_one_process',
@@ -160,16 +161,8 @@ def _slow_rank(item):
               len(SLOW_FIRST))
 
 
-@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
 def pytest_collection_modifyitems(items):
   items.sort(key=_slow_rank)  # Stable: the order within a rank is the collection's.
-  # Tests that share a module-scoped fixture run on one worker, which builds it once.
-  for item in items:
-    fixtures = getattr(item, '_fixtureinfo', None)
-    shared = sorted(name for name, defs in (fixtures.name2fixturedefs.items() if fixtures else ())
-                    if defs and defs[-1].scope == 'module')
-    if shared and not item.get_closest_marker('xdist_group'):
-      item.add_marker(pytest.mark.xdist_group(f'{item.module.__name__}:{",".join(shared)}'))
 
 
 def pytest_unconfigure(config):
