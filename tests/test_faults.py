@@ -22,7 +22,7 @@ from token_learner.train import setup
 from tools.fault_harness import array_files, garble, garble_silently
 
 
-@pytest.fixture
+@pytest.fixture(scope='module')
 def reference(trained_workdir):
   """The shared uninterrupted run of the tiny config (checkpoints 2, 4, 6; read only): its
   workdir and final params."""
