@@ -1,5 +1,7 @@
 """Test setup: JAX on CPU with 8 simulated devices (set before jax is imported)."""
+import fcntl
 import os
+import shutil
 import sys
 import tempfile
 
@@ -19,12 +21,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Trainer tests compile the same few programs again and again: cache them for the session.
-jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='jax_cache_'))
+# One test run, one scratch folder: the process that starts the run (pytest itself, or xdist's
+# controller) creates it, and every xdist worker and every subprocess a test starts inherits it
+# through the environment. It holds the persistent compilation cache, so a program compiled once
+# (the tiny job's train step, say) is loaded, not compiled, by every other worker and child, and
+# the tiny job's trained workdir (`trained_workdir`).
+RUN_DIR_VAR = 'TOKEN_LEARNER_TEST_RUN_DIR'
+_OWNS_RUN_DIR = RUN_DIR_VAR not in os.environ
+if _OWNS_RUN_DIR:
+  os.environ[RUN_DIR_VAR] = tempfile.mkdtemp(prefix='token_learner_tests_')
+RUN_DIR = os.environ[RUN_DIR_VAR]
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(RUN_DIR, 'jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +99,24 @@ def tiny_config():
   return _tiny_config
 
 
+@pytest.fixture(scope='session')
+def trained_workdir():
+  """The workdir of a finished run of `_tiny_config()` on the 8 devices: checkpoints 2, 4 and 6,
+  summary.json, event files. Trained once per test run, by whichever worker asks first (the
+  others wait on a lock, then read it): read it in place, or `shutil.copytree` it and change the
+  copy, never the original."""
+  workdir = os.path.join(RUN_DIR, 'trained_workdir')
+  with open(workdir + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes, also if training fails.
+    if not os.path.isdir(workdir):
+      import trainer  # pylint: disable=g-import-not-at-top
+      partial = workdir + '.partial'
+      shutil.rmtree(partial, ignore_errors=True)  # A worker that failed here before.
+      trainer.train_and_evaluate(_tiny_config(), partial)
+      os.rename(partial, workdir)  # Complete or absent, never half-written.
+  return workdir
+
+
 @pytest.fixture
 def restore_params():
   """The params of checkpoint `step` of a workdir as numpy, whatever topology wrote it."""
@@ -106,3 +137,35 @@ def _assert_batches_equal(a, b):
 @pytest.fixture
 def assert_batches_equal():
   return _assert_batches_equal
+
+
+# Scheduling (pytest.ini: xdist's `loadgroup` without groups, in the collection's order, one test
+# a unit, round robin): the longest tests first, slowest first, so that the workers start on them
+# together and none is left with a long one while the others are done. Node id prefixes; the rest
+# keep their order.
+SLOW_FIRST = (
+    'tests/test_multiprocess.py::test_sigkilled_run_resumes_bit_identical',
+    'tests/test_multiprocess.py::test_two_processes_match_one_process',
+    'tests/test_sweep.py',
+    'tests/test_readme.py',
+    'tests/test_gpu_script.py::test_cpu_smoke_group_writes_gpu_json',
+    'tests/test_loop.py::test_killed_and_resumed_run_is_bit_identical',
+    'tests/test_faults.py::test_garbled_checkpoint_falls_back_and_all_bad_is_an_error',
+    'tests/test_tools.py::test_evaluate_command',
+    'tests/test_tools.py::test_visualize_command',
+)
+
+
+def _slow_rank(item):
+  return next((rank for rank, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)),
+              len(SLOW_FIRST))
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=_slow_rank)  # Stable: the order within a rank is the collection's.
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWNS_RUN_DIR and 'PYTEST_XDIST_WORKER' not in os.environ:
+    shutil.rmtree(RUN_DIR, ignore_errors=True)

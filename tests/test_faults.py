@@ -23,12 +23,11 @@ from tools.fault_harness import array_files, garble, garble_silently
 
 
 @pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-  """An uninterrupted run of the tiny config (checkpoints 2, 4, 6): its workdir and params."""
-  import conftest  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  trainer.train_and_evaluate(conftest._tiny_config(), workdir)  # pylint: disable=protected-access
-  return workdir, checkpoints.restore_params(os.path.join(workdir, 'checkpoints', '6'))
+def reference(trained_workdir):
+  """The shared uninterrupted run of the tiny config (checkpoints 2, 4, 6; read only): its
+  workdir and final params."""
+  return trained_workdir, checkpoints.restore_params(
+      os.path.join(trained_workdir, 'checkpoints', '6'))
 
 
 def _copy(src, dst):

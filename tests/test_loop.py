@@ -48,35 +48,8 @@ def _assert_trees_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_train_and_evaluate_writes_outputs(tmp_path, tiny_config):
-  workdir = str(tmp_path)
-  result = trainer.train_and_evaluate(tiny_config(evals={
-      'eval': dict(every_steps=3),
-      'fewshot': dict(kind='fewshot', every_steps=3, shots=(1, 5), seeds=1),
-      'maps': dict(kind='attention_maps', every_steps=3, num_examples=2)}), workdir)
-  assert result['step'] == 6
-  assert result['eval_num_examples'] == 360
-  assert 0.0 < result['fewshot_1shot'] <= 1.0 and 0.0 < result['fewshot_5shot'] <= 1.0
-  assert 0.0 <= result['eval_accuracy'] <= result['eval_top5_accuracy'] <= 1.0
-  summary = json.load(open(os.path.join(workdir, 'summary.json')))
-  assert summary['steps'] == 6 and summary['gflops'] > 0 and summary['num_params'] > 0
-  assert summary['final_metrics']['eval_loss'] == pytest.approx(result['eval_loss'])
-  assert summary['config']['model']['variant'] == 'Mu/4'
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']
-  events = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tags = {}
-  for event in tf.compat.v1.train.summary_iterator(events[0]):
-    for value in event.summary.value:
-      tags.setdefault(value.tag, set()).add(event.step)
-  # Maps and token diagnostics at both evaluations (step 3 and the final one), few-shot too.
-  for tag in ('maps_images', 'maps_tokenlearner_0/entropy', 'maps_tokenlearner_0/overlap',
-              'fewshot_1shot', 'eval_accuracy'):
-    assert tags.get(tag) == {3, 6}, (tag, tags.get(tag))
-
-
 def _event_tags(workdir):
-  """{tag: {steps}} of the TensorBoard scalars and images of `workdir`."""
+  """{tag: {step: value}} of the TensorBoard scalars and images of `workdir` (None for images)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tags = {}
   for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
@@ -88,22 +61,38 @@ def _event_tags(workdir):
   return tags
 
 
-def test_two_eval_datasets_from_the_config_alone(tmp_path, tiny_config):
-  # The digits test split and a slice of the train split, each under its own prefix; the slice
-  # has 100 examples (the test split 360), and a model that has seen that slice's images does
-  # better on it than on the test split only by chance at 6 steps, so the check is by values:
-  # each evaluator's metrics are those of an independent pass over its own split.
+def test_train_and_evaluate_writes_the_outputs_of_every_evaluator(tmp_path, tiny_config):
+  # One run, the evaluators of config.evals side by side: the digits test split, a slice of the
+  # train split (each under its own prefix, at its own cadence), few-shot and attention maps, and
+  # the mean per-class accuracy asked for. The slice has 100 examples (the test split 360), and
+  # a model that has seen that slice's images does better on it than on the test split only by
+  # chance at 6 steps, so the check is by values: each evaluator's metrics are those of an
+  # independent pass over its own split.
   workdir = str(tmp_path)
-  result = trainer.train_and_evaluate(tiny_config(evals={
+  result = trainer.train_and_evaluate(tiny_config(mean_per_class_accuracy=True, evals={
       'eval': dict(every_steps=3),
-      'train_slice': dict(split='train[:100]', every_steps=2, batch_size=32)}), workdir)
+      'train_slice': dict(split='train[:100]', every_steps=2, batch_size=32),
+      'fewshot': dict(kind='fewshot', every_steps=3, shots=(1, 5), seeds=1),
+      'maps': dict(kind='attention_maps', every_steps=3, num_examples=2)}), workdir)
+  assert result['step'] == 6
   assert result['eval_num_examples'] == 360 and result['train_slice_num_examples'] == 100
-  summary = json.load(open(os.path.join(workdir, 'summary.json')))['final_metrics']
+  assert 0.0 < result['fewshot_1shot'] <= 1.0 and 0.0 < result['fewshot_5shot'] <= 1.0
+  assert 0.0 <= result['eval_accuracy'] <= result['eval_top5_accuracy'] <= 1.0
+  assert 0.0 <= result['eval_mean_per_class_accuracy'] <= 1.0
+  assert 'eval_map' not in result and 'eval_real_accuracy' not in result
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert summary['steps'] == 6 and summary['gflops'] > 0 and summary['num_params'] > 0
+  assert summary['config']['model']['variant'] == 'Mu/4'
   for name in ('eval', 'train_slice'):
     for metric in ('loss', 'accuracy', 'top5_accuracy', 'num_examples'):
-      assert summary[f'{name}_{metric}'] == result[f'{name}_{metric}']
+      assert summary['final_metrics'][f'{name}_{metric}'] == result[f'{name}_{metric}']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4', '6']
   tags = _event_tags(workdir)
-  assert set(tags['eval_accuracy']) == {3, 6}  # Its cadence, and the end.
+  # Maps and token diagnostics at both evaluations (step 3 and the final one), few-shot too;
+  # each evaluator at its cadence, and the end.
+  for tag in ('maps_images', 'maps_tokenlearner_0/entropy', 'maps_tokenlearner_0/overlap',
+              'fewshot_1shot', 'eval_accuracy'):
+    assert set(tags.get(tag, ())) == {3, 6}, (tag, tags.get(tag))
   assert set(tags['train_slice_accuracy']) == {2, 4, 6}
   assert tags['eval_loss'][6] == pytest.approx(result['eval_loss'])
   assert tags['train_slice_loss'][6] == pytest.approx(result['train_slice_loss'])
@@ -123,10 +112,14 @@ def test_two_eval_datasets_from_the_config_alone(tmp_path, tiny_config):
     logits = np.asarray(model.apply({'params': params}, x, train=False)[0], np.float64)
     log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
                                 keepdims=True)) - logits.max(-1, keepdims=True)
-    assert result[f'{name}_accuracy'] == pytest.approx(np.mean(logits.argmax(-1) == y),
-                                                       abs=1e-9)
+    correct = logits.argmax(-1) == y
+    assert result[f'{name}_accuracy'] == pytest.approx(np.mean(correct), abs=1e-9)
     assert result[f'{name}_loss'] == pytest.approx(-np.mean(log_probs[np.arange(count), y]),
                                                    rel=1e-4)
+    if f'{name}_mean_per_class_accuracy' in result:
+      per_class = [np.mean(correct[y == c]) for c in np.unique(y)]
+      assert result[f'{name}_mean_per_class_accuracy'] == pytest.approx(np.mean(per_class),
+                                                                        abs=1e-6)
 
 
 def test_bad_evaluator_is_a_config_error_before_compiling(tmp_path, monkeypatch, tiny_config):
@@ -208,15 +201,6 @@ def test_partition_spec_only_where_divisible():
   assert sharding.partition_spec('a/Dense_0/kernel', (4, 12), mesh, rules) == P()
   assert sharding.partition_spec('a/Dense_0/bias', (16,), mesh, rules) == P()
   assert sharding.partition_spec('count', (), mesh, [('.*', ('data',))]) == P()
-
-
-def test_grad_accumulation_equals_big_batch(tiny_config):
-  overrides = {'optimizer': 'sgd', 'learning_rate': 0.1, 'warmup_steps': 0, 'batch_size': 32}
-  losses_big, params_big, _ = _run_steps(tiny_config(**overrides), jax.devices()[:8], 2)
-  losses_acc, params_acc, _ = _run_steps(
-      tiny_config(grad_accum_steps=4, **overrides), jax.devices()[:8], 2)
-  np.testing.assert_allclose(losses_big, losses_acc, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params_big, params_acc)
 
 
 def test_evaluate_counts_every_example_once_with_padding(tiny_config):
@@ -359,17 +343,11 @@ def test_multi_label_loss_must_fit_the_data(tmp_path, tiny_config):
     trainer.train_and_evaluate(config, str(tmp_path))
 
 
-def test_init_from_checkpoint_loads_params(tmp_path, tiny_config, restore_params):
-  source = str(tmp_path / 'source')
-  trainer.train_and_evaluate(tiny_config(num_train_steps=2), source)
+def test_init_from_checkpoint_loads_params(tmp_path, tiny_config, trained_workdir,
+                                           restore_params):
+  # The source: the shared finished run (its newest checkpoint, step 6, is the one loaded).
   config = tiny_config(num_train_steps=2, learning_rate=0.0)  # Params stay as loaded.
-  config.init_from.update(dict(path=source, kind='checkpoint', load_head=True))
+  config.init_from.update(dict(path=trained_workdir, kind='checkpoint', load_head=True))
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
-  _assert_trees_equal(restore_params(source, 2), restore_params(target, 2))
-
-
-def test_mean_per_class_accuracy_is_reported_when_asked(tmp_path, tiny_config):
-  result = trainer.train_and_evaluate(tiny_config(mean_per_class_accuracy=True), str(tmp_path))
-  assert 0.0 <= result['eval_mean_per_class_accuracy'] <= 1.0
-  assert 'eval_map' not in result and 'eval_real_accuracy' not in result
+  _assert_trees_equal(restore_params(trained_workdir, 6), restore_params(target, 2))

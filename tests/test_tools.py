@@ -1,6 +1,7 @@
 """Tools on a trained run: visualize.py (token maps, diagnostics by hand), evaluate.py."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -31,13 +32,12 @@ def test_token_stats_by_hand():
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, tiny_config):
-  """A finished 2-step run of the tiny default job: (workdir, its final metrics)."""
-  import trainer  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp('run'))
-  final = trainer.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_every_steps=1),
-                                     workdir)
-  return workdir, final
+def trained(tmp_path_factory, trained_workdir):
+  """A copy of the shared finished run of the tiny default job (checkpoints 2, 4, 6), which
+  these tests write into: (workdir, its final metrics)."""
+  workdir = str(tmp_path_factory.mktemp('run') / 'workdir')
+  shutil.copytree(trained_workdir, workdir)
+  return workdir, json.load(open(os.path.join(workdir, 'summary.json')))['final_metrics']
 
 
 def _listing(folder):
@@ -56,21 +56,21 @@ def test_evaluate_command_reproduces_the_run_and_writes_nothing_else(trained, su
                        env=subprocess_env(num_devices=2), capture_output=True, text=True,
                        timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.load(open(os.path.join(workdir, 'eval_2_test_eval.json')))
-  assert result['step'] == 2 and result['split'] == 'test'
+  result = json.load(open(os.path.join(workdir, 'eval_6_test_eval.json')))
+  assert result['step'] == 6 and result['split'] == 'test'
   for key in ('eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_num_examples'):
     assert result[key] == pytest.approx(final[key], abs=1e-6), key
   assert _listing(os.path.join(workdir, 'checkpoints')) == before
   # An earlier step, on another split: a different model state, the split's own size.
-  out = subprocess.run([sys.executable, 'evaluate.py', f'--workdir={workdir}', '--step=1',
+  out = subprocess.run([sys.executable, 'evaluate.py', f'--workdir={workdir}', '--step=2',
                         '--split=train[:100]', '--fewshot',
                         '--config=configs/digits_tokenlearner.py',
                         '--config.model.num_layers=1', '--config.model.tokenlearner.num_tokens=4',
                         '--config.model.tokenlearner.loc=1'], cwd=REPO, env=subprocess_env(),
                        capture_output=True, text=True, timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
-  early = json.load(open(os.path.join(workdir, 'eval_1_train--100-_eval+fewshot.json')))
-  assert early['step'] == 1 and early['eval_num_examples'] == 100
+  early = json.load(open(os.path.join(workdir, 'eval_2_train--100-_eval+fewshot.json')))
+  assert early['step'] == 2 and early['eval_num_examples'] == 100
   assert 0.0 <= early['fewshot_1shot'] <= 1.0 and 0.0 <= early['fewshot_25shot'] <= 1.0
   assert early['eval_accuracy'] != result['eval_accuracy']  # Another state, another split.
 
