@@ -45,6 +45,9 @@ flags.DEFINE_integer('process_id', None, 'This process (0..num_processes-1); env
 flags.DEFINE_list('allow_config_change', [],
                   'Config fields allowed to differ from those the workdir\'s checkpoints were '
                   'trained with, e.g. num_train_steps (resuming refuses other changes).')
+flags.DEFINE_integer('heartbeat_timeout_s', 30, 'Multi-process runs: a process whose peer '
+                     'stops answering for this long exits (jax.distributed heartbeat; its '
+                     'default, 100 s, keeps a pod idle that long after a host dies).', lower_bound=5)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Environment variables by which jax.distributed.initialize() detects a cluster by itself.
@@ -65,11 +68,12 @@ def initialize_distributed():
     # CPU hosts exchange collectives through gloo; GPUs and TPUs ignore this setting.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
   elif any(os.environ.get(v) for v in _AUTO_DETECTED_CLUSTERS):
     hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
     if 'TPU_WORKER_HOSTNAMES' not in os.environ or ',' in hosts:
-      jax.distributed.initialize()
+      jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
 
 
 class _OnlyOrbaxWarnings(std_logging.Filter):

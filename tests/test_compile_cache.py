@@ -12,9 +12,10 @@ from token_learner.train import config as train_config
 
 
 @pytest.fixture
-def no_cache_yet():
+def no_cache_yet(monkeypatch):
   """A process whose cache is not configured yet (as main.py starts); the session cache of
   tests/conftest.py is put back afterwards."""
+  monkeypatch.delenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', raising=False)
   names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
   saved = {name: getattr(jax.config, name) for name in names}
   jax.config.update('jax_compilation_cache_dir', None)

@@ -90,8 +90,9 @@ def test_killed_run_resumes_bit_identically_in_the_bucket(runs, gcs):
 
 
 def test_tensorboard_events_in_the_bucket_each_step_once(runs, gcs):
-  events = [n for n in gcs.objects(f'{runs["prefix"]}/killed/') if '.tfevents.' in n]
-  assert len(events) == 2, events  # The killed process's file and the resumed one's.
+  events = [n for n in gcs.objects(f'{runs["prefix"]}/killed/') if '.tfevents.' in n
+            and '/events_before.' not in n]  # Set aside if the kill tore the first save.
+  assert 1 <= len(events) <= 2, events  # The killed process's file and the resumed one's.
   steps = logger._logged_steps(runs['killed'])  # pylint: disable=protected-access
   assert steps['train_loss'] == STEPS and steps['eval_accuracy'] == STEPS
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  # TF's own reader, via gs://.

@@ -318,10 +318,6 @@ def test_every_config_builds(path):
     assert logits.shape == (1, model_cfg.num_classes)
 
 
-def test_main_imports():
-  importlib.import_module('main')  # sweep.py is run in tests/test_sweep.py.
-
-
 def test_video_multi_view_multi_label_end_to_end(tmp_path):
   from configs import moving_digits_tokenlearner  # pylint: disable=g-import-not-at-top
   config = moving_digits_tokenlearner.get_config()

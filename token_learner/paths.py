@@ -98,7 +98,11 @@ def rmtree(path):
 def rename(src, dst):
   """Moves file or folder `src` to `dst` (an atomic rename on a local disk)."""
   if is_url(src):
-    _p(src).rename(os.fspath(dst))
+    if _p(src).is_file():  # Copy and delete: a new "folder" of an object store has no object yet,
+      _p(dst).write_bytes(_p(src).read_bytes())  # which epath's rename would take as missing.
+      _p(src).unlink()
+    else:
+      _p(src).rename(os.fspath(dst))
   else:
     os.replace(src, dst)
 

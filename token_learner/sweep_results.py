@@ -114,6 +114,5 @@ def write(root: str, rows: Sequence[Mapping[str, Any]]):
   paths.write_text_atomic(paths.join(root, 'results.csv'), out.getvalue())
   paths.write_text_atomic(paths.join(root, 'results.md'), _markdown(rows))
   from token_learner import plots  # pylint: disable=g-import-not-at-top  # matplotlib
-  image = io.BytesIO()
-  plots.accuracy_vs_gflops(image, [r for r in rows if r['status'] != 'failed'])
-  paths.write_bytes_atomic(paths.join(root, 'results.png'), image.getvalue())
+  plots.accuracy_vs_gflops(paths.join(root, 'results.png'),  # Written atomically.
+                           [r for r in rows if r['status'] != 'failed'])

@@ -309,7 +309,7 @@ def probe_unwritable(root):
   cases.append(('checkpoints is a file', blocked))
   for name, workdir in cases:
     code, output, seconds = run(workdir, timeout=300)
-    line = last_line(output, 'Cannot write checkpoints')
+    line = last_line(output, 'Cannot write')  # The workdir's lock, or its checkpoints folder.
     record(f'{name}', 'prompt clear error before compiling', code != 0 and bool(line)
            and seconds < 60, f'exit {code} in {seconds:.0f}s: {quote(line, "Cannot", 110)}')
   if not cases[0][0].startswith('read-only'):

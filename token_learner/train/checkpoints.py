@@ -38,6 +38,7 @@ from token_learner.train import preemption
 CHECKPOINTS = 'checkpoints'
 _ITEM = 'default'
 _STEP_METADATA = '_CHECKPOINT_METADATA'  # orbax's step metadata file, with our custom part.
+_ITEM_FILES = ('_METADATA', 'manifest.ocdbt')  # Written by every finished OCDBT save.
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -329,6 +330,16 @@ def _read_metadata(step_dir: str, allow_unverified: bool = False):
     missing = [k for k in ('digest', 'config') if not custom.get(k)]
     verdict, reason = ((_UNVERIFIED, f'{_STEP_METADATA} has no {" or ".join(missing)}')
                        if missing else (_OK, ''))
+  # The item's index files (orbax's OCDBT format): without them orbax reports a pytree
+  # structure error, which would otherwise read as a failure, not as missing array data.
+  lost, reason_lost, missing_files = _attempt(
+      lambda: [f for f in _ITEM_FILES if paths.isdir(paths.join(step_dir, _ITEM))
+               and not paths.exists(paths.join(step_dir, _ITEM, f))],
+      step_dir)
+  if lost != _OK:
+    return lost, reason_lost, {}
+  if missing_files:
+    return _CORRUPT, f'{_ITEM}/{missing_files[0]} is missing (array data or its index)', {}
   if verdict == _UNVERIFIED and allow_unverified:
     logging.warning('%s: %s; restored unverified (allow_unverified), only checked finite.',
                     step_dir, reason)

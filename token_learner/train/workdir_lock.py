@@ -151,7 +151,15 @@ class WorkdirLock:
     return True
 
   def acquire(self):
-    """Takes the lock (taking over a stale one) or raises WorkdirBusyError."""
+    """Takes the lock (taking over a stale one) or raises WorkdirBusyError; an OSError naming
+    the workdir if the lock cannot be written there (e.g. a read-only disk)."""
+    try:
+      return self._acquire()
+    except OSError as e:
+      raise OSError(e.errno, f'Cannot write to the workdir {self.workdir} (its lock '
+                    f'{self.path}): {e.strerror or e}') from None
+
+  def _acquire(self):
     paths.makedirs(self.workdir)
     local = not paths.is_url(self.path)
     for _ in range(3):  # A rival may win a takeover race; look again.
