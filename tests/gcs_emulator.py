@@ -37,14 +37,10 @@ import urllib.request
 
 import pytest
 
+from processes import free_port  # pylint: disable=g-bad-import-order
+
 BUCKET = 'tl-test'
 _TF_HOSTS = ('www.googleapis.com', 'storage.googleapis.com')
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def _certificate(folder: str):

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from gcs_emulator import BUCKET, free_port, gcs, gcs_server  # pylint: disable=unused-import
+from gcs_emulator import BUCKET, gcs, gcs_server  # pylint: disable=unused-import
+import processes
 import evaluate
 from token_learner import paths
 from token_learner.train import checkpoints
@@ -116,20 +117,7 @@ def test_evaluate_reads_the_bucket_workdir(runs):
 
 def _two_processes(command, cwd, env):
   """Runs `command` as processes 0 and 1 of one run; their (return codes, outputs)."""
-  port = free_port()
-  command = command + [f'--coordinator_address=localhost:{port}', '--num_processes=2']
-  processes = [subprocess.Popen(command + [f'--process_id={i}'], cwd=cwd, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]
-  outputs = []
-  for p in processes:
-    try:
-      outputs.append(p.communicate(timeout=300)[0])
-    except subprocess.TimeoutExpired:
-      for q in processes:
-        q.kill()
-      pytest.fail('two-process run timed out')
-  return [p.returncode for p in processes], outputs
+  return processes.run_processes(command, cwd, env, timeout=300)
 
 
 def test_two_processes_restore_and_save_together_in_the_bucket(runs, gcs, tiny_config):

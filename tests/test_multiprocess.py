@@ -3,7 +3,6 @@ devices; a run killed with SIGKILL and restarted == an uninterrupted run, bit fo
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import processes
 import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,34 +23,16 @@ OVERRIDES = {
 }
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process(tmp_path, subprocess_env, tiny_config,
                                         restore_params):
-  port = _free_port()
   workdir = str(tmp_path / 'two')
-  env = subprocess_env(num_devices=2)
   command = [sys.executable, 'main.py', '--config=configs/digits_tokenlearner.py',
-             f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
-             '--num_processes=2']
+             f'--workdir={workdir}']
   command += [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
-  processes = [subprocess.Popen(command + [f'--process_id={i}'], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]
-  outputs = []
-  for p in processes:
-    try:
-      outputs.append(p.communicate(timeout=240)[0])
-    except subprocess.TimeoutExpired:
-      for q in processes:
-        q.kill()
-      pytest.fail('multi-process run timed out')
-  for p, out in zip(processes, outputs):
-    assert p.returncode == 0, out[-3000:]
+  codes, outputs = processes.run_processes(command, REPO, subprocess_env(num_devices=2),
+                                           timeout=240)
+  for code, out in zip(codes, outputs):
+    assert code == 0, out[-3000:]
   two = json.load(open(os.path.join(workdir, 'summary.json')))
   assert two['num_processes'] == 2 and two['num_devices'] == 4
 
