@@ -322,6 +322,10 @@ def probe_unwritable(root):
     code, output, seconds = run(full, {'keep_checkpoints': 10, 'checkpoint_every_steps': 2},
                                 timeout=400)
     line = last_line(output, 'OSError: Saving')
+    if not line:  # Which write failed first, for the report (orbax's per-array noise left out).
+      errors = [l for l in output.splitlines() if 'rror' in l
+                and 'RESOURCE_EXHAUSTED' not in l and 'never retrieved' not in l]
+      print('\n'.join(errors[-20:]), flush=True)
     record('full disk (2.4 MB tmpfs)', 'error at the first step after the failed write, '
            'prompt exit', code != 0 and bool(line) and seconds < 120,
            f'exit {code} in {seconds:.0f}s total, saved {steps_in(full)}: '
