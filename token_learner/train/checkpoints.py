@@ -235,6 +235,9 @@ BACKOFF_S = 2.0  # Wait before the 2nd attempt; doubled for each further one.
 _FAILURE_STATUS = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED', 'ABORTED',
                    'CANCELLED', 'UNIMPLEMENTED', 'PERMISSION_DENIED', 'UNAUTHENTICATED')
 _CORRUPT_STATUS = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION', 'NOT_FOUND')
+# tensorstore's errors decoding garbled array data (no status code in the text); failures such
+# as EIO are recognised first, by _FAILURE_ERRNO / _FAILURE_TEXT.
+_CORRUPT_TEXT = ('Error opening "zarr" driver', 'in OCDBT database')
 _FAILURE_ERRNO = {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.EBUSY,
                   errno.ENOMEM, errno.ESTALE, errno.ECONNRESET, errno.ECONNREFUSED,
                   errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES,
@@ -284,7 +287,8 @@ def is_corruption(error: BaseException) -> bool:
   for e in causes:
     if isinstance(e, (CorruptCheckpointError, json.JSONDecodeError, FileNotFoundError)):
       return True
-    if any(f'{s}:' in str(e) for s in _CORRUPT_STATUS):
+    if (any(f'{s}:' in str(e) for s in _CORRUPT_STATUS)
+        or any(t in str(e) for t in _CORRUPT_TEXT)):
       return True
   return False
 
