@@ -9,10 +9,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   flags = (flags + " --xla_force_host_platform_device_count=8").strip()
-# Compile fast: XLA's backend optimisations cost most of the suite's time and change no result
-# beyond float rounding, which the value tests' tolerances cover.
-if "xla_backend_optimization_level" not in flags:
-  flags += " --xla_backend_optimization_level=0"
+# Compile fast: XLA's compilation of the tiny test programs is most of the suite's time. Its
+# backend optimisations and its newer CPU fusion emitters (about a third slower to compile for
+# these programs) change no result beyond float rounding, which the value tests' tolerances cover.
+FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false')
+for flag in FAST_COMPILE_FLAGS:
+  if flag.split('=')[0] not in flags:
+    flags += ' ' + flag
 os.environ["XLA_FLAGS"] = flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests import the repository's top-level modules (trainer, configs) from its root.
@@ -62,7 +65,7 @@ def randomise():
 
 def _subprocess_env(num_devices=None):
   """Environment of a `python main.py` / `sweep.py` child: CPU, quiet TF, fast compiles."""
-  flags = '--xla_backend_optimization_level=0'
+  flags = ' '.join(FAST_COMPILE_FLAGS)
   if num_devices:
     flags = f'--xla_force_host_platform_device_count={num_devices} {flags}'
   return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS=flags)
@@ -73,18 +76,23 @@ def subprocess_env():
   return _subprocess_env
 
 
+# The tiny job's settings over configs/digits_tokenlearner.py (also main.py's `--config.KEY=VALUE`
+# flags of the tests that run it as a process).
+TINY_OVERRIDES = {
+    'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
+    'batch_size': 16,
+    'eval_batch_size': 64,  # 360 test digits: the last batch is padded with 24 masked rows.
+    'num_train_steps': 6, 'warmup_steps': 2, 'log_every_steps': 2,
+    'checkpoint_every_steps': 2, 'keep_checkpoints': 5}
+
+
 def _tiny_config(**overrides):
   """The default job shrunk: digits at 16x16, a 1-layer 64-wide ViT then 4 TokenLearner tokens,
   6 steps of batch 16, checkpoints every 2 steps; `evals={name: {field: value}}` replaces the
   evaluators."""
   from configs import digits_tokenlearner  # pylint: disable=g-import-not-at-top
   config = digits_tokenlearner.get_config()
-  config.update_from_flattened_dict({
-      'model.num_layers': 1, 'model.tokenlearner.num_tokens': 4, 'model.tokenlearner.loc': 1,
-      'batch_size': 16,
-      'eval_batch_size': 64,  # 360 test digits: the last batch is padded with 24 masked rows.
-      'num_train_steps': 6, 'warmup_steps': 2, 'log_every_steps': 2,
-      'checkpoint_every_steps': 2, 'keep_checkpoints': 5})
+  config.update_from_flattened_dict(TINY_OVERRIDES)
   for key, value in overrides.items():
     if key == 'evals':  # {name: {field: value}}: a new evaluator set, each section complete.
       from configs import common  # pylint: disable=g-import-not-at-top
@@ -139,17 +147,15 @@ def assert_batches_equal():
   return _assert_batches_equal
 
 
-# Scheduling (pytest.ini: xdist's `loadgroup` without groups, in the collection's order, one test
-# a unit, round robin): the longest tests first, slowest first, so that the workers start on them
-# together and none is left with a long one while the others are done. Node id prefixes; the rest
-# keep their order.
+# Scheduling (pytest.ini: xdist's `loadgroup`, units handed out in the collection's order): the
+# longest units first, so that the workers start on them together and none is left with a long
+# one while the others are done. Node id prefixes; the rest keep their order.
 SLOW_FIRST = (
     'tests/test_multiprocess.py::test_sigkilled_run_resumes_bit_identical',
     'tests/test_multiprocess.py::test_two_processes_match_one_process',
     'tests/test_sweep.py',
     'tests/test_readme.py',
     'tests/test_gpu_script.py::test_cpu_smoke_group_writes_gpu_json',
-    'tests/test_loop.py::test_killed_and_resumed_run_is_bit_identical',
     'tests/test_faults.py::test_garbled_checkpoint_falls_back_and_all_bad_is_an_error',
     'tests/test_tools.py::test_evaluate_command',
     'tests/test_tools.py::test_visualize_command',
@@ -161,8 +167,18 @@ def _slow_rank(item):
               len(SLOW_FIRST))
 
 
+@pytest.hookimpl(tryfirst=True)  # Before xdist's worker reads the groups into the node ids.
 def pytest_collection_modifyitems(items):
   items.sort(key=_slow_rank)  # Stable: the order within a rank is the collection's.
+  # Tests that share a module-scoped fixture (a trained run, an emulator) form one unit of work,
+  # run by one worker, which builds the fixture once. (xdist 3.8 groups by rewriting node ids,
+  # which pytest 9.2 no longer allows: requirements.txt pins pytest 9.1.)
+  for item in items:
+    info = getattr(item, '_fixtureinfo', None)
+    shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
+                    if defs and defs[-1].scope == 'module')
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(f'{item.module.__name__}:{",".join(shared)}'))
 
 
 def pytest_unconfigure(config):

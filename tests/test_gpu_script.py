@@ -9,6 +9,7 @@ import textwrap
 import time
 
 from benchmarks import gpu
+import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +58,7 @@ def test_cpu_smoke_group_writes_gpu_json(tmp_path):
                          f'--out={out}'], cwd=REPO, capture_output=True, text=True, timeout=600,
                         # Compiled fast, as in the other tests (a GPU run's flags are never set
                         # on a CPU, so this changes no code path).
-                        env=_env(XLA_FLAGS='--xla_backend_optimization_level=0'))
+                        env=_env(XLA_FLAGS=' '.join(conftest.FAST_COMPILE_FLAGS)))
   assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
   assert '[tl] TL-Ti/16 4-TL at 1 train:' in proc.stdout and 'wrote' in proc.stdout
   report = json.loads(out.read_text())

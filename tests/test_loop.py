@@ -136,43 +136,6 @@ def test_bad_evaluator_is_a_config_error_before_compiling(tmp_path, monkeypatch,
       trainer.train_and_evaluate(config, str(tmp_path))
 
 
-def test_killed_and_resumed_run_is_bit_identical(tmp_path, tiny_config, restore_params):
-  config = tiny_config(**{'model.dropout_rate': 0.1, 'mixup_alpha': 0.2})  # RNG use per step.
-  uninterrupted = str(tmp_path / 'a')
-  trainer.train_and_evaluate(config, uninterrupted)
-
-  create = data.train_iterator
-
-  def dies_after_three_batches(*args, **kwargs):
-    iterator = create(*args, **kwargs)
-    for _ in range(3):
-      yield next(iterator)
-    raise KeyboardInterrupt('simulated kill')
-
-  interrupted = str(tmp_path / 'b')
-  with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(config, interrupted, train_input=dies_after_three_batches)
-  assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2']
-  trainer.train_and_evaluate(config, interrupted)
-  _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
-
-  # A corrupt newest checkpoint is skipped for the previous one; the result is still the same.
-  for path in glob.glob(os.path.join(interrupted, 'checkpoints', '6', '**', '*'), recursive=True):
-    if os.path.isfile(path):
-      with open(path, 'wb') as f:
-        f.write(b'garbage')
-  trainer.train_and_evaluate(config, interrupted)
-  _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
-  assert any('corrupt' in d for d in os.listdir(os.path.join(interrupted, 'checkpoints')))
-
-  # So is one with files missing.
-  for path in glob.glob(os.path.join(interrupted, 'checkpoints', '6', 'default', '*')):
-    if os.path.isfile(path):
-      os.remove(path)
-  assert trainer.train_and_evaluate(config, interrupted)['step'] == 6
-  _assert_trees_equal(restore_params(uninterrupted, 6), restore_params(interrupted, 6))
-
-
 def test_eight_devices_match_one_device(tiny_config):
   config = tiny_config()
   losses_1, params_1, _ = _run_steps(config, jax.devices()[:1], 3)

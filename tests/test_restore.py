@@ -137,6 +137,16 @@ def test_truncated_array_data_is_moved_aside(workdir, saved):
   assert [d.split('.')[:2] for d in _listing(workdir) if not d.isdigit()] == [['4', 'corrupt']]
 
 
+def test_step_with_its_array_files_missing_is_moved_aside(workdir, saved):
+  """Every file of step 4's item folder deleted (a copy cut short): corrupt, step 2 is used."""
+  item = os.path.join(workdir, 'checkpoints', '4', 'default')
+  for name in os.listdir(item):
+    if os.path.isfile(os.path.join(item, name)):
+      os.remove(os.path.join(item, name))
+  assert _restore(workdir, saved) == 2
+  assert [d.split('.')[:2] for d in _listing(workdir) if not d.isdigit()] == [['4', 'corrupt']]
+
+
 def test_missing_metadata_is_refused_as_unverifiable(workdir, saved):
   os.remove(os.path.join(workdir, 'checkpoints', '4', '_CHECKPOINT_METADATA'))
   assert _restore(workdir, saved, allow_unverified=True) == 4  # The escape hatch.

