@@ -184,6 +184,43 @@ def test_failed_async_save_surfaces_at_the_next_step(tmp_path, monkeypatch, tiny
     trainer.train_and_evaluate(tiny_config(), str(tmp_path / 'w'))
 
 
+def test_failed_event_write_is_one_line_naming_the_workdir_and_file(tmp_path):
+  """A full disk that hits the TensorBoard writer first: clu's asynchronous writer raises
+  TensorFlow's error (wrapped in its AsyncError) at the next call; the run's writer turns it into
+  an OSError naming the workdir and the event file, and a flush after another failure is
+  logged, not raised over it."""
+  from clu import asynclib  # pylint: disable=g-import-not-at-top
+  from token_learner.train import loop  # pylint: disable=g-import-not-at-top
+  event_file = str(tmp_path / 'events.out.tfevents.1.v2')
+
+  class FullDisk:
+    def write_scalars(self, step, scalars):
+      del step, scalars
+      try:
+        raise RuntimeError('{{function_node __wrapped__FlushSummaryWriter_device_/job:localhost/'
+                           f'replica:0/task:0/device:CPU:0}}}} {event_file}; No space left on '
+                           'device [Op:FlushSummaryWriter]')
+      except RuntimeError as e:
+        raise asynclib.AsyncError(f"Error '{e}' occurred ASYNCHRONOUSLY.") from e
+
+    def flush(self):  # The same failure from flush().
+      self.write_scalars(0, {})
+
+  writer = logger.ResumedWriter(FullDisk(), str(tmp_path))
+  message = (f'Writing TensorBoard events to {tmp_path} failed: {event_file}; No space left on '
+             'device [Op:FlushSummaryWriter]')
+  with pytest.raises(OSError) as error:
+    writer.write_scalars(3, {'train_loss': 1.0})
+  assert str(error.value) == message
+  with pytest.raises(OSError, match='Writing TensorBoard events'):
+    writer.flush()
+  with pytest.raises(KeyError, match='the original error'):  # In a `finally` after another.
+    try:
+      raise KeyError('the original error')
+    finally:
+      loop._flush_after(writer)  # pylint: disable=protected-access
+
+
 def test_logged_steps_reader_survives_a_torn_event_file(tmp_path):
   (tmp_path / 'events.out.tfevents.1.torn').write_bytes(b'\x10\x00\x00')
   assert not logger._logged_steps(str(tmp_path))  # pylint: disable=protected-access

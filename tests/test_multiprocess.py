@@ -53,8 +53,8 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path, subprocess_env, tiny_conf
   the same parameters and metrics, bit for bit, as an uninterrupted run, with dropout and mixup
   drawing random numbers every step (a resume one batch or one key off differs). The child runs
   on the same 8 devices as this process, so the in-process runs load its compiled programs."""
-  overrides = {'num_train_steps': 40, 'checkpoint_every_steps': 5, 'keep_checkpoints': 2,
-               'log_every_steps': 20, 'model.dropout_rate': 0.1, 'mixup_alpha': 0.2}
+  overrides = {'num_train_steps': 20, 'checkpoint_every_steps': 5, 'keep_checkpoints': 2,
+               'log_every_steps': 10, 'model.dropout_rate': 0.1, 'mixup_alpha': 0.2}
   config = tiny_config(**overrides)
   killed, reference = str(tmp_path / 'killed'), str(tmp_path / 'reference')
   log = open(tmp_path / 'killed.log', 'w')
@@ -76,5 +76,5 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path, subprocess_env, tiny_conf
   uninterrupted = trainer.train_and_evaluate(config, reference)
   for key in ('eval_loss', 'eval_accuracy', 'train_loss', 'step'):
     assert resumed[key] == uninterrupted[key], key
-  jax.tree.map(np.testing.assert_array_equal, restore_params(killed, 40),
-               restore_params(reference, 40))
+  jax.tree.map(np.testing.assert_array_equal, restore_params(killed, 20),
+               restore_params(reference, 20))

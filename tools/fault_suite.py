@@ -321,7 +321,8 @@ def probe_unwritable(root):
   try:
     code, output, seconds = run(full, {'keep_checkpoints': 10, 'checkpoint_every_steps': 2},
                                 timeout=400)
-    line = last_line(output, 'OSError: Saving')
+    # The first write to fail names itself: a checkpoint save, or the TensorBoard event file.
+    line = last_line(output, 'OSError: Saving') or last_line(output, 'OSError: Writing')
     if not line:  # Which write failed first, for the report (orbax's per-array noise left out).
       errors = [l for l in output.splitlines() if 'rror' in l
                 and 'RESOURCE_EXHAUSTED' not in l and 'never retrieved' not in l]

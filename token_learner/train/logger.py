@@ -1,6 +1,7 @@
 """What a run reports: the setup at start, train metrics at log steps, summary.json at the end."""
 import json
 import math
+import re
 import struct
 import time
 from typing import Any, Dict
@@ -83,19 +84,41 @@ class ResumedWriter:
   the killed run never flushed, which this then writes) appear once per tag across restarts.
   The event files are those of the restored checkpoint's run: a run that restores none moves
   older ones aside first (set_aside_events).
+
+  A failed write (a full disk: clu's asynchronous writer raises it at the next call) is an
+  OSError naming the workdir and the file, not TensorFlow's traceback from a writer thread.
   """
 
   def __init__(self, writer, workdir: str):
-    self._writer = writer
+    self._writer, self._workdir = writer, workdir
     self._last_step = _logged_steps(workdir) if jax.process_index() == 0 else {}
 
   def write_scalars(self, step: int, scalars):
     new = {k: v for k, v in scalars.items() if step > self._last_step.get(k, -1)}
     if new:
-      self._writer.write_scalars(step, new)
+      self._call(self._writer.write_scalars, step, new)
+
+  def _call(self, method, *args, **kwargs):
+    try:
+      return method(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      raise OSError(f'Writing TensorBoard events to {self._workdir} failed: '
+                    f'{_error_text(e)}') from e
 
   def __getattr__(self, name):
-    return getattr(self._writer, name)
+    attribute = getattr(self._writer, name)
+    if not callable(attribute):
+      return attribute
+    return lambda *args, **kwargs: self._call(attribute, *args, **kwargs)
+
+
+def _error_text(error: BaseException) -> str:
+  """The first line of `error`'s message without TensorFlow's `{{function_node ...}}` prefix
+  (the innermost cause of clu's AsyncError wrapper)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', text)
 
 
 def set_aside_events(workdir: str):

@@ -9,6 +9,7 @@ Resuming is exact: the state (params, optimizer state, step) is checkpointed wit
 randomness is `fold_in(base_rng, step)`, and the input restarts at batch `step`, so a run killed
 at any moment and restarted ends with the same parameters, bit for bit, as an uninterrupted run.
 """
+import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -191,7 +192,7 @@ def _train(config, workdir, config_dict, experiment, info, mesh, run, checked_ev
     watcher.__exit__()
     batches.close()
     checkpoints.close(manager)
-    writer.flush()
+    _flush_after(writer)
 
   final = {'step': step, **eval_metrics, **train_logger.last}
   logger.write_summary(workdir, final, steps=step, num_train_steps=cfg.num_train_steps,
@@ -201,3 +202,15 @@ def _train(config, workdir, config_dict, experiment, info, mesh, run, checked_ev
                        config=config_dict)
   logging.info('Final metrics at step %d: %s', step, final)
   return final
+
+
+def _flush_after(writer):
+  """Flushes the metrics at the end of training; after a failure (in a `finally`), a failed
+  flush is only logged, so the original error is the one raised."""
+  if sys.exc_info()[0] is None:
+    writer.flush()
+    return
+  try:
+    writer.flush()
+  except OSError as e:
+    logging.error('%s', e)
