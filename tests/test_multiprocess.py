@@ -48,33 +48,31 @@ def test_two_processes_match_one_process(tmp_path, subprocess_env, trained_workd
 
 
 def test_sigkilled_run_resumes_bit_identical(tmp_path, subprocess_env, tiny_config,
-                                             restore_params, caplog):
-  """main.py SIGKILLed after its first checkpoint (mid-training, possibly mid-save), resumed:
-  the same parameters and metrics, bit for bit, as an uninterrupted run, with dropout and mixup
-  drawing random numbers every step (a resume one batch or one key off differs). The child runs
-  on the same 8 devices as this process, so the in-process runs load its compiled programs."""
-  overrides = {'num_train_steps': 20, 'checkpoint_every_steps': 5, 'keep_checkpoints': 2,
-               'log_every_steps': 10, 'model.dropout_rate': 0.1, 'mixup_alpha': 0.2}
-  config = tiny_config(**overrides)
-  killed, reference = str(tmp_path / 'killed'), str(tmp_path / 'reference')
+                                             trained_workdir, restore_params, caplog):
+  """main.py of the tiny job SIGKILLed after its first checkpoint (mid-training, possibly
+  mid-save), resumed: the same parameters, bit for bit, and the same metrics as the shared
+  uninterrupted run (`trained_workdir`). Resumes with random numbers drawn every step (dropout,
+  mixup) are test_gcs.py's. The child runs on the same 8 devices as that run, so it loads its
+  compiled programs."""
+  killed = str(tmp_path / 'killed')
   log = open(tmp_path / 'killed.log', 'w')
-  first = subprocess.Popen(
-      _main_command(killed, {**TINY_OVERRIDES, **overrides}),
-      cwd=REPO, env=subprocess_env(num_devices=8), stdout=log, stderr=subprocess.STDOUT)
+  first = subprocess.Popen(_main_command(killed, TINY_OVERRIDES), cwd=REPO,
+                           env=subprocess_env(num_devices=8), stdout=log,
+                           stderr=subprocess.STDOUT)
   checkpoint_dir = os.path.join(killed, 'checkpoints')
   deadline = time.time() + 240
-  while not (os.path.isdir(checkpoint_dir) and '5' in os.listdir(checkpoint_dir)):
+  while not (os.path.isdir(checkpoint_dir) and '2' in os.listdir(checkpoint_dir)):
     assert first.poll() is None and time.time() < deadline, open(log.name).read()[-3000:]
-    time.sleep(0.02)
+    time.sleep(0.01)
   first.send_signal(signal.SIGKILL)
   first.wait()
   assert not os.path.exists(os.path.join(killed, 'summary.json'))  # Killed before the end.
 
   caplog.set_level(logging.INFO)
-  resumed = trainer.train_and_evaluate(config, killed)
+  resumed = trainer.train_and_evaluate(tiny_config(), killed)
   assert 'Resuming at step' in caplog.text
-  uninterrupted = trainer.train_and_evaluate(config, reference)
+  uninterrupted = json.load(open(os.path.join(trained_workdir, 'summary.json')))['final_metrics']
   for key in ('eval_loss', 'eval_accuracy', 'train_loss', 'step'):
     assert resumed[key] == uninterrupted[key], key
-  jax.tree.map(np.testing.assert_array_equal, restore_params(killed, 20),
-               restore_params(reference, 20))
+  jax.tree.map(np.testing.assert_array_equal, restore_params(killed, 6),
+               restore_params(trained_workdir, 6))
