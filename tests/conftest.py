@@ -150,8 +150,11 @@ def assert_batches_equal():
 # Scheduling (pytest.ini: xdist's `loadgroup`, units handed out in the collection's order): the
 # longest units first, so that the workers start on them together and none is left with a long
 # one while the others are done. Node id prefixes; the rest keep their order.
+# The first test trains the shared `trained_workdir`; test_gcs.py (one unit: its module fixture)
+# needs none of it, so the other worker starts there instead of waiting for it.
 SLOW_FIRST = (
     'tests/test_multiprocess.py::test_sigkilled_run_resumes_bit_identical',
+    'tests/test_gcs.py',
     'tests/test_multiprocess.py::test_two_processes_match_one_process',
     'tests/test_sweep.py',
     'tests/test_readme.py',
