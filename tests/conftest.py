@@ -13,7 +13,8 @@ if "xla_force_host_platform_device_count" not in flags:
 # backend optimisations and its newer CPU fusion emitters (about a third slower to compile for
 # these programs) change no result beyond float rounding, which the value tests' tolerances cover.
 # One codegen thread per compilation: the test workers already keep every core busy, and
-# splitting each program's code generation across threads cost ~10-30 % more CPU time.
+# splitting a program's code generation across threads took more CPU (16 % more for
+# test_nnx.py + test_scan.py in one process, 25-67 % more compiling six tiny train steps).
 FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false',
                       '--xla_cpu_parallel_codegen_split_count=1')
 for flag in FAST_COMPILE_FLAGS:
