@@ -1,12 +1,12 @@
 """Command-line errors: one line naming the flag / field, exit status 2, before any compilation."""
 import os
-import subprocess
 import sys
 
 from absl import flags
 from ml_collections import config_flags
 import pytest
 
+import processes
 from configs import digits_tokenlearner
 from token_learner import experiment
 from token_learner import fields
@@ -57,9 +57,8 @@ def test_good_flags_parse():
 
 def test_main_py_misspelt_key_exits_2_without_traceback(tmp_path, subprocess_env):
   workdir = tmp_path / 'run'
-  out = subprocess.run([sys.executable, 'main.py', CONFIG, f'--workdir={workdir}',
-                        '--config.modle.num_layers=2'], cwd=REPO, env=subprocess_env(),
-                       capture_output=True, text=True, timeout=120)
+  out = processes.run([sys.executable, 'main.py', CONFIG, f'--workdir={workdir}',
+                       '--config.modle.num_layers=2'], REPO, subprocess_env(), timeout=120)
   assert out.returncode == 2, out.stderr[-2000:]
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert lines[-1].startswith("main.py: flag error: --config.modle.num_layers: 'modle'"), lines

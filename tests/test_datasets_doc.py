@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+import processes
 from token_learner import experiment as experiment_lib
 from token_learner.data import guide
 
@@ -178,10 +179,10 @@ def test_imagenet_without_data_exits_2_with_one_line(tmp_path, subprocess_env):
   empty = tmp_path / 'empty'
   empty.mkdir()
   start = time.time()
-  proc = subprocess.run(
+  proc = processes.run(
       [sys.executable, 'main.py', '--config=configs/imagenet_tokenlearner.py',
        f'--workdir={tmp_path}/work', f'--config.dataset.data_dir={empty}'],
-      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+      REPO, subprocess_env(), timeout=300)
   seconds = time.time() - start
   errors = [l for l in proc.stderr.splitlines() if l.startswith('main.py: config error:')]
   assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]

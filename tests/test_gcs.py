@@ -55,8 +55,8 @@ def runs(gcs, tiny_config, subprocess_env, tmp_path_factory):
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   log = open(cwd.parent / 'killed.log', 'w')
-  first = subprocess.Popen(_main_command(killed, CONFIG), cwd=cwd, env=env,
-                           stdout=log, stderr=subprocess.STDOUT)
+  first = processes.popen(_main_command(killed, CONFIG), cwd, env, stdout=log,
+                          stderr=subprocess.STDOUT)
   deadline = time.time() + 300
   while not any(n.startswith(f'{prefix}/killed/checkpoints/6/') for n in gcs.objects(prefix)):
     assert first.poll() is None and time.time() < deadline, open(log.name).read()[-3000:]

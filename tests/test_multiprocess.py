@@ -56,9 +56,8 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path, subprocess_env, tiny_conf
   compiled programs."""
   killed = str(tmp_path / 'killed')
   log = open(tmp_path / 'killed.log', 'w')
-  first = subprocess.Popen(_main_command(killed, TINY_OVERRIDES), cwd=REPO,
-                           env=subprocess_env(num_devices=8), stdout=log,
-                           stderr=subprocess.STDOUT)
+  first = processes.popen(_main_command(killed, TINY_OVERRIDES), REPO,
+                          subprocess_env(num_devices=8), stdout=log, stderr=subprocess.STDOUT)
   checkpoint_dir = os.path.join(killed, 'checkpoints')
   deadline = time.time() + 240
   while not (os.path.isdir(checkpoint_dir) and '2' in os.listdir(checkpoint_dir)):

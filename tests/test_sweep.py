@@ -4,11 +4,11 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
+import processes
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.model.num_layers=2', '--config.batch_size=16', '--config.eval_batch_size=120',
         '--config.num_train_steps=2', '--config.warmup_steps=1', '--config.log_every_steps=1',
@@ -18,8 +18,7 @@ TINY = ['--config.model.num_layers=2', '--config.batch_size=16', '--config.eval_
 def _sweep(env, *args):
   config = [] if any(a.startswith('--config=') for a in args) else [
       '--config=configs/digits_tokenlearner.py']
-  return subprocess.run([sys.executable, 'sweep.py', *config, *args], cwd=REPO, env=env(),
-                        capture_output=True, text=True, timeout=300)
+  return processes.run([sys.executable, 'sweep.py', *config, *args], REPO, env(), timeout=300)
 
 
 def test_dry_run_prints_main_commands(tmp_path, subprocess_env):
@@ -77,11 +76,11 @@ def test_rerun_keeps_other_rows_relative_workdir_and_failed_entry(swept, subproc
   (fuser / 'checkpoints').write_text('not a folder: the run fails')  # planted failure
   vit_row = _rows(swept)[0]
   here = swept.parent
-  result = subprocess.run(
+  result = processes.run(
       [sys.executable, os.path.join(REPO, 'sweep.py'),
        '--config=' + os.path.relpath(os.path.join(REPO, 'configs/digits_tokenlearner.py'), here),
        '--workdir=sweep', '--subprocess', '--only=tl8_loc1_fuser', *TINY],
-      cwd=here, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+      here, subprocess_env(), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = _rows(swept)
   assert [(row['name'], row['status']) for row in rows] == [('vit', 'reused'),

@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import processes
 from token_learner import build_model
 from token_learner import diagnostics
 from token_learner import experiment as experiment_lib
@@ -52,9 +52,8 @@ def test_evaluate_command_reproduces_the_run_and_writes_nothing_else(trained, su
   # The config comes from the checkpoint itself, not from summary.json (which a run killed
   # before its end has not written).
   os.rename(os.path.join(workdir, 'summary.json'), os.path.join(workdir, 'summary.json.away'))
-  out = subprocess.run([sys.executable, 'evaluate.py', f'--workdir={workdir}'], cwd=REPO,
-                       env=subprocess_env(num_devices=2), capture_output=True, text=True,
-                       timeout=180)
+  out = processes.run([sys.executable, 'evaluate.py', f'--workdir={workdir}'], REPO,
+                      subprocess_env(num_devices=2), timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.load(open(os.path.join(workdir, 'eval_6_test_eval.json')))
   assert result['step'] == 6 and result['split'] == 'test'
@@ -62,12 +61,12 @@ def test_evaluate_command_reproduces_the_run_and_writes_nothing_else(trained, su
     assert result[key] == pytest.approx(final[key], abs=1e-6), key
   assert _listing(os.path.join(workdir, 'checkpoints')) == before
   # An earlier step, on another split: a different model state, the split's own size.
-  out = subprocess.run([sys.executable, 'evaluate.py', f'--workdir={workdir}', '--step=2',
-                        '--split=train[:100]', '--fewshot',
-                        '--config=configs/digits_tokenlearner.py',
-                        '--config.model.num_layers=1', '--config.model.tokenlearner.num_tokens=4',
-                        '--config.model.tokenlearner.loc=1'], cwd=REPO, env=subprocess_env(),
-                       capture_output=True, text=True, timeout=180)
+  out = processes.run([sys.executable, 'evaluate.py', f'--workdir={workdir}', '--step=2',
+                       '--split=train[:100]', '--fewshot',
+                       '--config=configs/digits_tokenlearner.py',
+                       '--config.model.num_layers=1', '--config.model.tokenlearner.num_tokens=4',
+                       '--config.model.tokenlearner.loc=1'], REPO, subprocess_env(),
+                      timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
   early = json.load(open(os.path.join(workdir, 'eval_2_train--100-_eval+fewshot.json')))
   assert early['step'] == 2 and early['eval_num_examples'] == 100
@@ -77,9 +76,8 @@ def test_evaluate_command_reproduces_the_run_and_writes_nothing_else(trained, su
 
 def test_visualize_command_on_a_trained_run(trained, subprocess_env):
   workdir, _ = trained
-  out = subprocess.run([sys.executable, 'visualize.py', f'--workdir={workdir}',
-                        '--num_examples=3'], cwd=REPO, env=subprocess_env(),
-                       capture_output=True, text=True, timeout=180)
+  out = processes.run([sys.executable, 'visualize.py', f'--workdir={workdir}',
+                       '--num_examples=3'], REPO, subprocess_env(), timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
   files = sorted(os.listdir(os.path.join(workdir, 'maps')))
   assert files == ['example_0.png', 'example_1.png', 'example_2.png', 'token_stats.json']
