@@ -269,7 +269,7 @@ def test_every_module_parameter_gets_a_gradient(cls, randomise):
     tokens, _ = tl.apply({'params': p[0]}, x)
     return jnp.sum(fuser.apply({'params': p[1]}, jnp.tanh(tokens), x) ** 2)
 
-  grads = jax.grad(loss)((p_tl, p_fu))
+  grads = jax.jit(jax.grad(loss))((p_tl, p_fu))
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.abs(g).max() > 0, jax.tree_util.keystr(path)
 
