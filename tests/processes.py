@@ -12,6 +12,8 @@ from typing import List, Sequence, Tuple
 
 import pytest
 
+import zygote
+
 
 def free_port() -> int:
   """A TCP port free on the loopback interface now."""
@@ -37,8 +39,7 @@ def run_processes(command: Sequence[str], cwd, env, num_processes: int = 2,
       for q in processes:
         q.kill()
       pytest.fail(f'{num_processes}-process run timed out after {timeout} s')
-    log.seek(0)
-    outputs.append(log.read().decode())
+    outputs.append(_read(log))
     log.close()
   return [p.returncode for p in processes], outputs
 
@@ -53,14 +54,15 @@ ZYGOTE_SCRIPTS = ('main.py', 'evaluate.py', 'visualize.py', 'sweep.py')
 _zygotes = {}  # environment key -> (zygote process, socket path); None: it failed to start
 
 
-def _zygote_key(env):
-  import zygote  # pylint: disable=g-import-not-at-top
-  return tuple(sorted((k, v) for k, v in env.items() if not zygote.late_env(k)))
+def _read(file):
+  """All that a child wrote to `file`, as text."""
+  file.seek(0)
+  return file.read().decode()
 
 
 def _zygote_socket(env):
   """The socket of this process's zygote for `env`, started on first use; None if it failed."""
-  key = _zygote_key(env)
+  key = tuple(sorted((k, v) for k, v in env.items() if not zygote.late_env(k)))
   if key not in _zygotes:
     path = os.path.join(tempfile.mkdtemp(prefix='zygote_', dir=os.environ.get(
         'TOKEN_LEARNER_TEST_RUN_DIR')), 'socket')  # Removed with the test run's folder.
@@ -71,6 +73,7 @@ def _zygote_socket(env):
     _zygotes[key] = (process, path) if ready == b'ready\n' else None
     if _zygotes[key] is None:
       process.kill()
+      process.wait()
   return _zygotes[key] and _zygotes[key][1]
 
 
@@ -141,7 +144,4 @@ def run(command, cwd, env, timeout):
       process.kill()
       process.wait()
       raise
-    out.seek(0)
-    err.seek(0)
-    return subprocess.CompletedProcess(command, process.returncode, out.read().decode(),
-                                       err.read().decode())
+    return subprocess.CompletedProcess(command, process.returncode, _read(out), _read(err))
