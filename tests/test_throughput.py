@@ -173,6 +173,38 @@ def test_remat_changes_hfu_not_mfu(tiny_config, scan_layers):
       'step_tflops']
 
 
+def test_flop_counts_are_kept_per_program_and_only_per_program(tiny_config, monkeypatch):
+  """A second run of the same experiment in one process reuses both counts (no new trace); a
+  change of anything the counted program depends on (the optimizer, the batch, the model) is
+  counted anew and gives its own number."""
+  def run_of(**overrides):
+    return setup.build(experiment_lib.from_config(tiny_config(**overrides)),
+                       devices=jax.devices()[:1])
+  base = run_of(**{'model.tokenlearner.num_tokens': 3})  # A model no other test counts.
+  step_flops = throughput.train_step_flops(base, base.synthetic_batch())
+  gflops = flops_lib.count_flops_and_params(base.experiment.model)
+  others = {
+      'sgd': run_of(**{'model.tokenlearner.num_tokens': 3, 'optimizer': 'momentum'}),
+      'batch': run_of(**{'model.tokenlearner.num_tokens': 3, 'batch_size': 8}),
+      'model': run_of(**{'model.tokenlearner.num_tokens': 5}),
+  }
+  counted = {name: throughput.train_step_flops(run, run.synthetic_batch())
+             for name, run in others.items()}
+  assert len({step_flops, *counted.values()}) == 4, (step_flops, counted)
+  model_gflops = flops_lib.count_flops_and_params(others['model'].experiment.model)
+  assert model_gflops[0] > gflops[0] and model_gflops[1] > gflops[1]  # 5 maps, not 3.
+
+  def traced(*args, **kwargs):
+    raise AssertionError('counted again')
+  monkeypatch.setattr(throughput, '_lowered_step_flops', traced)
+  monkeypatch.setattr(flops_lib, 'build_model', traced)
+  again = run_of(**{'model.tokenlearner.num_tokens': 3})
+  assert throughput.train_step_flops(again, again.synthetic_batch()) == step_flops
+  assert flops_lib.count_flops_and_params(again.experiment.model) == gflops
+  with pytest.raises(AssertionError, match='counted again'):
+    run = run_of(**{'model.tokenlearner.num_tokens': 3, 'weight_decay': 0.0})
+    throughput.train_step_flops(run, run.synthetic_batch())
+
 def _vit_forward_macs(*, image=224, patch=16, width=768, depth=12, mlp=3072, classes=1000,
                       cls_token=False):
   """Multiply-adds of a ViT forward pass on one image, by formula: the patch embedding, per layer

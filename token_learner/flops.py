@@ -15,6 +15,7 @@ The §6 bottleneck model's cost tables are here too: one module alone (`module_c
 (`analytic_network_cost`, `network_table` beside Table 11).
 """
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import jax
@@ -65,8 +66,14 @@ def counted_config(model_cfg: ModelConfig, *, keep_remat: bool = False) -> Model
 def count_flops_and_params(model_cfg: ModelConfig):
   """Returns `(gflops, num_params)`: multiply-adds / 1e9 at batch 1, and the parameter count.
 
-  Counted on `counted_config(model_cfg)` (unrolled layers, attention as einsums)."""
-  model_cfg = counted_config(model_cfg)
+  Counted on `counted_config(model_cfg)` (unrolled layers, attention as einsums), once per
+  process for each counted config: a second run of the same model in one process (a sweep, a
+  notebook, a restart in place) reuses the count instead of tracing the model again."""
+  return _count_flops_and_params(counted_config(model_cfg))
+
+
+@functools.lru_cache(maxsize=64)
+def _count_flops_and_params(model_cfg: ModelConfig):
   model = build_model(model_cfg)
   params = abstract_params(model_cfg)
   x = jax.ShapeDtypeStruct((1, *model_cfg.input_shape), jnp.float32)

@@ -169,12 +169,31 @@ def train_step_flops(run, batch, *, recompute: bool = False) -> Optional[float]:
   (unrolled, non-remat, attention as einsums) without gradient accumulation, on abstract inputs:
   nothing is allocated or compiled. `recompute=True` keeps the model's `remat`: the FLOPs the
   hardware runs, rematerialised forward passes included (HFU).
+
+  Counted once per process for each program: everything the counted step depends on (the counted
+  model, the train config, the normalisation, the batch's shapes, the mesh's shape) keys a cache,
+  so a second run of the same experiment in one process reuses the count.
   """
   model_cfg = flops_lib.counted_config(run.experiment.model, keep_remat=recompute)
+  cfg = dataclasses.replace(run.cfg, grad_accum_steps=1)
+  key = repr((model_cfg, cfg, run.experiment.data.mean, run.experiment.data.std,
+              jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), batch),
+              dict(run.mesh.shape)))
+  if key not in _STEP_FLOPS:
+    if len(_STEP_FLOPS) >= 64:
+      _STEP_FLOPS.pop(next(iter(_STEP_FLOPS)))
+    _STEP_FLOPS[key] = _lowered_step_flops(run, model_cfg, cfg, batch)
+  return _STEP_FLOPS[key]
+
+
+# train_step_flops' counts in this process, by the repr of what the counted program depends on.
+_STEP_FLOPS: Dict[str, Optional[float]] = {}
+
+
+def _lowered_step_flops(run, model_cfg, cfg, batch) -> Optional[float]:
   model = build_model(model_cfg)
   state, _ = sharding.abstract_train_state(run.init_rng, model, run.tx, model_cfg.input_shape,
                                            run.mesh)
-  cfg = dataclasses.replace(run.cfg, grad_accum_steps=1)
   step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=run.tx, cfg=cfg,
                                    mean=run.experiment.data.mean, std=run.experiment.data.std))
   return compiled_flops(step.lower(_abstract(state), _abstract(batch),
