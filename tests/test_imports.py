@@ -54,7 +54,9 @@ LIGHT_IMPORTS = [
      'from token_learner.train import setup, step\n'
      'from token_learner import experiment\n'
      'from configs import digits_tokenlearner\n'
-     'run = setup.build(experiment.from_config(digits_tokenlearner.get_config()))\n'
+     'config = digits_tokenlearner.get_config()\n'
+     'config.model.num_layers = 1  # The same imports as the full model, a smaller compile.\n'
+     'run = setup.build(experiment.from_config(config))\n'
      'state, metrics = run.train_step(run.init_state(), run.synthetic_batch(8), run.dropout_rng)\n'
      'assert metrics["loss"] > 0'),
     ('the evaluator configs', 'from token_learner.evals import config'),
