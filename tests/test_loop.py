@@ -277,10 +277,10 @@ def test_every_config_builds(path):
     assert model_cfg.input_shape == experiment.data.example_shape
     model = build_model(model_cfg)
     x = jnp.zeros((1, *model_cfg.input_shape), jnp.float32)
-    variables = jax.eval_shape(lambda m=model, x=x: m.init(jax.random.key(0), x, train=False))
-    logits, _ = jax.eval_shape(
-        lambda v, m=model, x=x: m.apply(v, x, train=False), variables)
-    assert logits.shape == (1, model_cfg.num_classes)
+    # init_with_output: the parameters and the logits from one trace of the model.
+    (logits, _), variables = jax.eval_shape(
+        lambda m=model, x=x: m.init_with_output(jax.random.key(0), x, train=False))
+    assert logits.shape == (1, model_cfg.num_classes) and variables['params']
 
 
 def test_video_multi_view_multi_label_end_to_end(tmp_path):
