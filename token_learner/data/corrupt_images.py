@@ -33,7 +33,7 @@ def find_corrupt(source: stream.Source) -> list:
   def check(i, where, raw, label):
     del where, label
     return i, tf.shape(source.decode(raw))[0]
-  good = source.ordered().map(check, num_parallel_calls=stream.AUTOTUNE, deterministic=False)
+  good = source.ordered().map(stream.as_written(check), num_parallel_calls=stream.AUTOTUNE, deterministic=False)
   good = {int(i) for i, _ in good.ignore_errors().as_numpy_iterator()}
   return [(int(i), where.decode('utf-8', 'backslashreplace'), decode_error(source, raw))
           for i, where, raw, _ in source.ordered().as_numpy_iterator() if int(i) not in good]
@@ -174,7 +174,7 @@ def scan_files(source: stream.Source, files: Sequence[str], cache_path: str) -> 
                  len(files) - len(todo))
     raws = [os.fsencode(files[i]) for i, _, _ in todo]
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(todo)), raws)).map(
-        lambda k, raw: (k, tf.shape(source.decode(raw))[0]),
+        stream.as_written(lambda k, raw: (k, tf.shape(source.decode(raw))[0])),
         num_parallel_calls=stream.AUTOTUNE, deterministic=False)
     good = {int(k) for k, _ in ds.ignore_errors().as_numpy_iterator()}
     with futures.ThreadPoolExecutor(_IO_THREADS) as pool:

@@ -335,7 +335,7 @@ def _tfds_source(cfg: ImageData, builder, split) -> _ImageSource:
     real = tf.one_hot(tf.cast(ex['real_label'], tf.int32), num_classes, dtype=tf.float32)
     return tf.cast(ex[key], tf.int32), tf.minimum(tf.reduce_sum(real, axis=0), 1.0)
   ds = _tfds_read(builder, split).enumerate().map(
-      lambda i, ex: (i, ex['tfds_id'], ex['image'], label(ex)))
+      stream.as_written(lambda i, ex: (i, ex['tfds_id'], ex['image'], label(ex))))
   return _ImageSource(
       description=f'TFDS {cfg.name!r} split {split!r}', num_examples=_tfds_count(builder, split),
       num_classes=num_classes, read_bytes=lambda data: data,

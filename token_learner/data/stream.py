@@ -37,6 +37,15 @@ except RuntimeError:  # TensorFlow already initialised its devices; nothing left
   pass
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+def as_written(fn: Callable) -> Callable:
+  """`fn` for tf.data's map / filter / flat_map, traced as written, without AutoGraph's rewrite
+  of its source (parsing and transforming the Python of every function was most of the time a
+  pipeline took to build: about a second per run of the digits job). The pipeline's functions
+  branch only on Python values (config fields, structure), never on a tensor; a tensor used as a
+  Python bool in one raises when the pipeline is built."""
+  return tf.autograph.experimental.do_not_convert(fn)
 # Seed domains, so the epoch order and the augmentation never share random numbers.
 _ORDER, _AUGMENT = 1, 2
 
@@ -164,7 +173,7 @@ class Source:
       mask = np.zeros([self.num_examples], bool)
       mask[self.keep] = True
       mask = tf.constant(mask)
-      ds = ds.filter(lambda i, *_: tf.gather(mask, i))
+      ds = ds.filter(as_written(lambda i, *_: tf.gather(mask, i)))
     return ds
 
   def keys(self, epoch=None, offset=0, seed: int = 0) -> tf.data.Dataset:
@@ -187,17 +196,17 @@ class Source:
     """(q, index) -> (q, index, where, *payload) for random access (reads only kept rows)."""
     if self.lookup is None:
       return ds
-    return ds.map(lambda q, i: (q, i, *self.lookup(i)), num_parallel_calls=AUTOTUNE)
+    return ds.map(as_written(lambda q, i: (q, i, *self.lookup(i))), num_parallel_calls=AUTOTUNE)
 
   def ordered(self) -> tf.data.Dataset:
     """Records (index, where, *payload) in the split's fixed order."""
     keys = self.keys()
-    return keys if self.lookup is None else keys.map(lambda i: (i, *self.lookup(i)))
+    return keys if self.lookup is None else keys.map(as_written(lambda i: (i, *self.lookup(i))))
 
 
 def _positioned(first, stop, records: tf.data.Dataset) -> tf.data.Dataset:
   return tf.data.Dataset.zip(tf.data.Dataset.range(first, stop), records).map(
-      lambda q, r: (q, *r))
+      as_written(lambda q, r: (q, *r)))
 
 
 def _keep_rows(ds: tf.data.Dataset, global_batch: int, local_batch_size: int,
@@ -206,7 +215,7 @@ def _keep_rows(ds: tf.data.Dataset, global_batch: int, local_batch_size: int,
   them with one process (no filter, whose per-element call costs host time)."""
   if local_batch_size == global_batch:
     return ds
-  return ds.filter(lambda q, *_: (q % global_batch) // local_batch_size == row_block)
+  return ds.filter(as_written(lambda q, *_: (q % global_batch) // local_batch_size == row_block))
 
 
 def train_records(source: Source, seed: int, step: int, global_batch: int,
@@ -219,7 +228,7 @@ def train_records(source: Source, seed: int, step: int, global_batch: int,
   def epoch(e):
     offset = tf.maximum(start - e * n, 0)
     return _positioned(e * n + offset, (e + 1) * n, source.keys(e, offset, seed))
-  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max // n).flat_map(epoch)
+  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max // n).flat_map(as_written(epoch))
   ds = _keep_rows(ds, global_batch, local_batch_size, row_block)
   return source.read(ds) if read else ds
 
@@ -236,18 +245,18 @@ def sharded_train_records(shards, num_shards: int, seed: int, step: int,
     def epoch(e):
       offset = tf.maximum(start - e * n, 0)
       t = tf.data.Dataset.range(e * n + offset, (e + 1) * n)  # The shard's own positions.
-      q = t.map(lambda t: t // block * global_batch + s * block + t % block)
+      q = t.map(as_written(lambda t: t // block * global_batch + s * block + t % block))
       # Seeds (epoch e, shard s) -> e * K + s: distinct per shard, and e itself for K = 1.
       return tf.data.Dataset.zip(q, shard.keys(e * num_shards + s, offset, seed)).map(
-          lambda q, r: (q, *r))
+          as_written(lambda q, r: (q, *r)))
     first = start // n
-    return tf.data.Dataset.range(first, np.iinfo(np.int64).max // n).flat_map(epoch)
+    return tf.data.Dataset.range(first, np.iinfo(np.int64).max // n).flat_map(as_written(epoch))
 
   blocks = tf.data.Dataset.zip(tuple(shard_stream(s, shard).batch(block, drop_remainder=True)
                                      for s, shard in shards))
   # One block per shard, in shard order: this process's L rows of a batch.
   concat = lambda *blocks: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *blocks)
-  return blocks.map(concat).unbatch()
+  return blocks.map(as_written(concat)).unbatch()
 
 
 def eval_records(source: Source, global_batch: int, local_batch_size: int,
@@ -336,12 +345,12 @@ def train_batches(source: Source, process: Callable, check: Callable, *, seed: i
     keys = train_records(source, seed, start_step, global_batch, local_batch_size, row_block,
                          read=False)
     ds = source.read(keys.batch(local_batch_size, drop_remainder=True))
-    ds = ds.map(process, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(as_written(process), num_parallel_calls=AUTOTUNE)
   elif batched:
     ds = records(start_step).batch(local_batch_size, drop_remainder=True)
-    ds = ds.map(process, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(as_written(process), num_parallel_calls=AUTOTUNE)
   else:
-    ds = records(start_step).map(process, num_parallel_calls=AUTOTUNE)
+    ds = records(start_step).map(as_written(process), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(local_batch_size, drop_remainder=True)
   ds = with_options(ds)
 
@@ -365,7 +374,7 @@ def eval_batches(source: Source, process: Callable, check: Callable, *, global_b
   count = (n // global_batch) * local_batch_size + min(
       max(n % global_batch - row_block * local_batch_size, 0), local_batch_size)
   records = eval_records(source, global_batch, local_batch_size, row_block)
-  ds = records.map(lambda *r: {**process(*r), 'mask': tf.constant(1.0)},
+  ds = records.map(as_written(lambda *r: {**process(*r), 'mask': tf.constant(1.0)}),
                    num_parallel_calls=AUTOTUNE)
   pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(
