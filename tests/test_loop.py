@@ -101,6 +101,7 @@ def test_train_and_evaluate_writes_the_outputs_of_every_evaluator(tmp_path, tiny
   experiment = experiment_lib.from_config(tiny_config())
   model = build_model(experiment.model)
   params = checkpoints.restore_params(workdir)
+  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)[0])
   for name, split, count in (('eval', 'test', 360), ('train_slice', 'train[:100]', 100)):
     cfg = data.from_dict({**fields.section_dict(experiment.data), 'eval_split': split},
                          num_classes=10)
@@ -109,7 +110,7 @@ def test_train_and_evaluate_writes_the_outputs_of_every_evaluator(tmp_path, tiny
                   cfg.std)
     y = np.concatenate([b['labels'][b['mask'] > 0] for b in batches])
     assert len(y) == count
-    logits = np.asarray(model.apply({'params': params}, x, train=False)[0], np.float64)
+    logits = np.asarray(forward(params, x), np.float64)
     log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
                                 keepdims=True)) - logits.max(-1, keepdims=True)
     correct = logits.argmax(-1) == y
