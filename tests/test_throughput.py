@@ -205,6 +205,7 @@ def test_flop_counts_are_kept_per_program_and_only_per_program(tiny_config, monk
     run = run_of(**{'model.tokenlearner.num_tokens': 3, 'weight_decay': 0.0})
     throughput.train_step_flops(run, run.synthetic_batch())
 
+
 def _vit_forward_macs(*, image=224, patch=16, width=768, depth=12, mlp=3072, classes=1000,
                       cls_token=False):
   """Multiply-adds of a ViT forward pass on one image, by formula: the patch embedding, per layer

@@ -33,7 +33,8 @@ def find_corrupt(source: stream.Source) -> list:
   def check(i, where, raw, label):
     del where, label
     return i, tf.shape(source.decode(raw))[0]
-  good = source.ordered().map(stream.as_written(check), num_parallel_calls=stream.AUTOTUNE, deterministic=False)
+  good = source.ordered().map(stream.as_written(check), num_parallel_calls=stream.AUTOTUNE,
+                              deterministic=False)
   good = {int(i) for i, _ in good.ignore_errors().as_numpy_iterator()}
   return [(int(i), where.decode('utf-8', 'backslashreplace'), decode_error(source, raw))
           for i, where, raw, _ in source.ordered().as_numpy_iterator() if int(i) not in good]

@@ -46,6 +46,8 @@ def as_written(fn: Callable) -> Callable:
   branch only on Python values (config fields, structure), never on a tensor; a tensor used as a
   Python bool in one raises when the pipeline is built."""
   return tf.autograph.experimental.do_not_convert(fn)
+
+
 # Seed domains, so the epoch order and the augmentation never share random numbers.
 _ORDER, _AUGMENT = 1, 2
 
